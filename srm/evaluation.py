@@ -1,0 +1,83 @@
+"""Pairwise accuracy of a scorer on labelled response groups (overall, per source/domain/subset, per
+dimension, and RM-Bench's easy / normal / hard over the 3x3 chosen-style x rejected-style matrix)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .data import ResponseGroup
+
+
+class _Tally:
+    def __init__(self):
+        self.correct = defaultdict(float)
+        self.total = defaultdict(int)
+
+    def add(self, key: str, outcome: float) -> None:
+        self.correct[key] += outcome
+        self.total[key] += 1
+
+    def table(self) -> dict[str, dict]:
+        return {k: {"accuracy": self.correct[k] / self.total[k], "pairs": self.total[k]} for k in sorted(self.total)}
+
+
+def _outcome(difference: float) -> float:
+    """1 if the better answer scored higher, 0 if lower, 0.5 for an exact tie."""
+    return 1.0 if difference > 0 else (0.0 if difference < 0 else 0.5)
+
+
+def rmbench_cells(rewards: list[float]) -> dict[str, list[float]]:
+    """Outcomes of the 9 chosen[i] vs rejected[j] comparisons split into easy (i > j: chosen more styled),
+    normal (i == j) and hard (i < j)."""
+    cells = {"easy": [], "normal": [], "hard": []}
+    for i in range(3):
+        for j in range(3):
+            key = "normal" if i == j else ("easy" if i > j else "hard")
+            cells[key].append(_outcome(rewards[i] - rewards[3 + j]))
+    return cells
+
+
+def evaluate_groups(scorer, groups: list[ResponseGroup]) -> dict:
+    items = [(g.prompt, r) for g in groups for r in g.responses]
+    scores = scorer.score(items)
+    overall, dimensions = _Tally(), _Tally()
+    matrix = {"all": defaultdict(list)}
+    start = 0
+    for group in groups:
+        group_scores = scores[start:start + len(group.responses)]
+        start += len(group.responses)
+        rewards = [s.reward for s in group_scores]
+        for pair in group.pairs:
+            if pair.overall:
+                outcome = _outcome(rewards[pair.better] - rewards[pair.worse])
+                overall.add("all", outcome)
+                overall.add(f"source/{group.source or 'unknown'}", outcome)
+                if group.domain:
+                    overall.add(f"domain/{group.domain}", outcome)
+                if group.subset and group.subset != group.domain:
+                    overall.add(f"subset/{group.subset}", outcome)
+            for name, label in pair.dimensions.items():
+                first, second = group_scores[pair.better].dimensions, group_scores[pair.worse].dimensions
+                if label and name in first:
+                    dimensions.add(name, _outcome(label * (first[name] - second[name])))
+        if group.rmbench:
+            for key, outcomes in rmbench_cells(rewards).items():
+                for scope in ("all", f"domain/{group.domain}"):
+                    matrix.setdefault(scope, defaultdict(list))[key].extend(outcomes)
+    table = overall.table()
+    result = {"pairs": table.get("all", {}).get("pairs", 0), "accuracy": table.get("all", {}).get("accuracy"),
+              "by_source": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("source/")},
+              "by_domain": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("domain/")},
+              "by_subset": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("subset/")},
+              "dimensions": dimensions.table()}
+    if matrix["all"]:
+        def summary(cells):
+            out = {key: sum(values) / len(values) for key, values in cells.items() if values}
+            every = [v for values in cells.values() for v in values]
+            out["average"] = sum(every) / len(every)
+            out["prompts"] = len(cells.get("normal", [])) // 3
+            return out
+
+        result["rm_bench"] = summary(matrix["all"])
+        result["rm_bench"]["by_domain"] = {k.split("/", 1)[1]: summary(v) for k, v in matrix.items() if k != "all"}
+    return result
