@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=float, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (results report the mean)")
     parser.add_argument("--cache", default=os.path.join(ROOT, "runs", "srm_quality", "features.safetensors"))
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "docs", "results"))
     parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts per split (smoke runs)")
@@ -77,7 +77,7 @@ def load_data(data_root: str, limit: int):
 
 
 def build_model(args, scalar: bool):
-    torch.manual_seed(args.seed)
+    torch.manual_seed(getattr(args, "seed", 0))
     dimensions = SRM_DIMENSIONS + (["fluency:likelihood"] if args.with_likelihood else [])
     return SRMModel.from_backbone(
         args.backbone, dimensions=None if scalar else dimensions, scalar_baseline=scalar, freeze_backbone=True,
@@ -109,56 +109,89 @@ def _pct(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+HEADLINE_KEYS = ("rm_easy", "rm_normal", "rm_hard", "rm_average", "if_level-1", "if_level-2", "if_level-3",
+                 "ifbench", "all_pairs")
+
+
+def headline(metrics: dict) -> dict:
+    rm, domains = metrics.get("rm_bench", {}), metrics["by_domain"]
+    values = {"rm_easy": rm.get("easy"), "rm_normal": rm.get("normal"), "rm_hard": rm.get("hard"),
+              "rm_average": rm.get("average"), "ifbench": metrics["by_source"].get("ifbench", {}).get("accuracy"),
+              "all_pairs": metrics["accuracy"]}
+    for level in ("level-1", "level-2", "level-3"):
+        values[f"if_{level}"] = domains.get(level, {}).get("accuracy")
+    for domain, cells in rm.get("by_domain", {}).items():
+        values[f"rm_{domain}"] = cells["average"]
+    return values
+
+
+def mean_headline(runs: list[dict]) -> dict:
+    keys = {k for r in runs for k in r["headline"]}
+    out = {}
+    for key in keys:
+        values = [r["headline"].get(key) for r in runs if r["headline"].get(key) is not None]
+        out[key] = sum(values) / len(values) if values else None
+    return out
+
+
+def _row(name: str, values: dict) -> str:
+    return f"| {name} | " + " | ".join(_pct(values.get(k)) for k in HEADLINE_KEYS) + " |"
+
+
 def markdown(report: dict) -> str:
-    rows = []
     header = ("| model | RM-Bench easy | normal | hard | avg | IFBench L1 | L2 | L3 | IFBench all | all pairs |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
-    for run in report["runs"]:
-        m = run["metrics"]
-        rm, dom = m.get("rm_bench", {}), m["by_domain"]
-        rows.append(f"| {run['name']} | {_pct(rm.get('easy'))} | {_pct(rm.get('normal'))} | {_pct(rm.get('hard'))} | "
-                    f"{_pct(rm.get('average'))} | {_pct(dom.get('level-1', {}).get('accuracy'))} | "
-                    f"{_pct(dom.get('level-2', {}).get('accuracy'))} | {_pct(dom.get('level-3', {}).get('accuracy'))} | "
-                    f"{_pct(m['by_source'].get('ifbench', {}).get('accuracy'))} | {_pct(m['accuracy'])} |")
+    seeds = report["budget"]["seeds"]
+    mean_rows = [_row(f"{name} (mean of {len(seeds)} seeds)", values) for name, values in report["mean"].items()]
+    seed_rows = [_row(f"{r['name']}, seed {r['seed']}", r["headline"]) for r in report["runs"]]
+    first = report["runs"][0]["metrics"]
+    counts = (f"test pairs: RM-Bench {first.get('rm_bench', {}).get('prompts', 0)} prompts x 9 comparisons; IFBench "
+              + ", ".join(f"{lvl} {first['by_domain'].get(lvl, {}).get('pairs', 0)}"
+                          for lvl in ("level-1", "level-2", "level-3")) + " pairs")
     domain_rows = []
-    for run in report["runs"]:
-        for domain, cells in sorted(run["metrics"].get("rm_bench", {}).get("by_domain", {}).items()):
-            domain_rows.append(f"| {run['name']} | {domain} | {cells['prompts']} | {_pct(cells.get('easy'))} | "
-                               f"{_pct(cells.get('normal'))} | {_pct(cells.get('hard'))} | {_pct(cells['average'])} |")
-    srm_dims = next((r["metrics"]["dimensions"] for r in report["runs"] if r["metrics"]["dimensions"]), {})
-    dim_rows = [f"| {name} | {_pct(v['accuracy'])} | {v['pairs']} |" for name, v in srm_dims.items()]
+    for name, values in report["mean"].items():
+        for domain in sorted(first.get("rm_bench", {}).get("by_domain", {})):
+            domain_rows.append(f"| {name} | {domain} | {first['rm_bench']['by_domain'][domain]['prompts']} | "
+                               f"{_pct(values.get('rm_' + domain))} |")
+    srm_run = next((r for r in report["runs"] if r["metrics"]["dimensions"]), None)
+    dim_rows = [f"| {name} | {_pct(v['accuracy'])} | {v['pairs']} |"
+                for name, v in (srm_run["metrics"]["dimensions"] if srm_run else {}).items()]
     b = report["budget"]
     delta = report["srm_minus_scalar_points"]
     return "\n".join([
         "# SRM vs scalar reward model (held-out prompts)", "",
         f"Pairwise accuracy in % on the test prompts of `splits/preference-split.json` "
-        f"({report['data']['test_groups']} prompts/pairs groups; {report['data']['train_groups']} for training).", "",
-        header, *rows, "",
-        f"SRM minus scalar: RM-Bench avg {delta['rm_bench_average']:+.1f} points, IFBench {delta['ifbench']:+.1f}, "
-        f"all pairs {delta['all_pairs']:+.1f} (target: +5).", "",
-        "RM-Bench by domain (prompts, easy / normal / hard / avg):", "",
-        "| model | domain | prompts | easy | normal | hard | avg |", "|---|---|---|---|---|---|---|", *domain_rows, "",
-        "SRM per-dimension pairwise accuracy on test pairs that carry that dimension's label:", "",
+        f"({report['data']['test_groups']} test / {report['data']['train_groups']} train response groups; {counts}). "
+        "RM-Bench: easy = chosen more styled than rejected, normal = same style, hard = chosen less styled; "
+        "avg = all 9 cells.", "",
+        header, *mean_rows, "",
+        f"SRM minus scalar (seed means): RM-Bench avg {delta['rm_average']:+.1f} points, IFBench "
+        f"{delta['ifbench']:+.1f}, all pairs {delta['all_pairs']:+.1f} (target: +5).", "",
+        "Per seed:", "", header, *seed_rows, "",
+        "RM-Bench average accuracy by domain (seed means):", "",
+        "| model | domain | test prompts | avg |", "|---|---|---|---|", *domain_rows, "",
+        f"SRM per-dimension accuracy (the dimension's own score, seed {srm_run['seed'] if srm_run else '-'}) on test "
+        "pairs labelled for that dimension:", "",
         "| dimension | accuracy | labelled pairs |", "|---|---|---|", *dim_rows, "",
         "## Budget and setup", "",
         f"- command: `{report['command']}`",
-        f"- backbone `{b['backbone']}` frozen (pooled outputs cached), max {b['max_length']} tokens for prompt+response, "
-        f"{b['max_prompt_length']} for the prompt; {b['epochs']} epochs, batch {b['batch_size']} response groups, "
-        f"head lr {b['head_lr']}, seed {b['seed']}, tuner full.",
+        f"- backbone `{b['backbone']}` frozen, its pooled outputs cached; max {b['max_length']} tokens for "
+        f"prompt+response, {b['max_prompt_length']} for the prompt, {b['similarity_max_length']} for the similarity "
+        f"branch; {b['epochs']} epochs, batch {b['batch_size']} response groups, head lr {b['head_lr']}, "
+        f"seeds {', '.join(map(str, seeds))}, tuner full; likelihood branch {'on' if b['with_likelihood'] else 'off'}.",
         f"- training data: RM-Bench train prompts (all 9 chosen x rejected pairs per prompt + style-only pairs) and "
         f"IFBench train pairs; {report['data']['dropped_overlap']} train groups whose prompt text also occurs in the "
         f"test split were dropped.",
-        *[f"- {r['name']}: {r['train_items']} task-tagged items ({', '.join(r['train_tasks'])}), "
+        *[f"- {r['name']} (seed {r['seed']}): {r['train_items']} task-tagged items ({', '.join(r['train_tasks'])}), "
           f"{r['optimizer_steps']} optimizer steps, {r['trainable_parameters']:,} trainable parameters, "
           f"trained in {r['train_seconds']} s" for r in report["runs"]],
-        f"- feature/encoder caching took {report['timing']['features_seconds']} s; total wall time "
-        f"{report['timing']['total_seconds']} s.",
+        f"- feature/encoder caching took {report['timing']['features_seconds']} s (near 0 when the cache file already "
+        f"held every response); total wall time {report['timing']['total_seconds']} s.",
         f"- machine: {report['machine']}.", ""])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
     started = time.time()
     train, test, dropped = load_data(args.data_root, args.limit)
     print(f"train groups {len(train)}, test groups {len(test)} (dropped {dropped} overlapping)", flush=True)
@@ -176,26 +209,31 @@ def main(argv=None) -> int:
     precompute_group_tensors(warm, tokenizer, train + test, cache)
     features_seconds = time.time() - features_started
     del warm
-    runs = [run_one(args, "scalar RM", True, train, test, cache, tokenizer),
-            run_one(args, "SRM", False, train, test, cache, tokenizer)]
+    runs = []
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        args.seed = seed
+        for name, scalar in (("scalar RM", True), ("SRM", False)):
+            run = run_one(args, name, scalar, train, test, cache, tokenizer)
+            run["seed"], run["headline"] = seed, headline(run["metrics"])
+            runs.append(run)
     cache.save()
-    scalar, structural = runs[0]["metrics"], runs[1]["metrics"]
+    mean = {name: mean_headline([r for r in runs if r["name"] == name]) for name in ("scalar RM", "SRM")}
 
-    def points(get):
-        a, b = get(structural), get(scalar)
+    def points(key):
+        a, b = mean["SRM"].get(key), mean["scalar RM"].get(key)
         return round(100 * (a - b), 1) if a is not None and b is not None else 0.0
 
     report = {
         "command": " ".join(["python", "benchmarks/srm_quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        "mean": mean,
+        "srm_minus_scalar_points": {key: points(key) for key in ("rm_average", "rm_easy", "rm_normal", "rm_hard",
+                                                                 "ifbench", "all_pairs")},
         "runs": runs,
-        "srm_minus_scalar_points": {
-            "rm_bench_average": points(lambda m: m.get("rm_bench", {}).get("average")),
-            "ifbench": points(lambda m: m["by_source"].get("ifbench", {}).get("accuracy")),
-            "all_pairs": points(lambda m: m["accuracy"])},
         "data": {"train_groups": len(train), "test_groups": len(test), "dropped_overlap": dropped,
                  "data_root": os.path.abspath(args.data_root)},
         "budget": {"backbone": args.backbone, "max_length": args.max_length, "max_prompt_length": args.max_prompt_length,
-                   "epochs": args.epochs, "batch_size": args.batch_size, "head_lr": args.head_lr, "seed": args.seed,
+                   "similarity_max_length": args.similarity_max_length, "epochs": args.epochs,
+                   "batch_size": args.batch_size, "head_lr": args.head_lr, "seeds": [r["seed"] for r in runs][::2],
                    "frozen_backbone": True, "with_likelihood": args.with_likelihood, "limit": args.limit},
         "timing": {"features_seconds": round(features_seconds, 1), "total_seconds": round(time.time() - started, 1)},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "

@@ -1,6 +1,6 @@
 """FUNSD benchmark for xformparser: SER, seqeval BIO, RE (gold and predicted labels), rule baselines, ablations.
 
-    python benchmarks/xformparser_funsd.py [--data-root ../shared/datasets] [--main-epochs 3] [--ablation-steps 100]
+    python benchmarks/xformparser_funsd.py [--data-root ../shared/datasets] [--main-epochs 15] [--ablation-epochs 8]
 
 Protocol: the 149 FUNSD training forms are split 134 train / 15 dev (the last 15 by file name; the dev
 set picks the best checkpoint); every number is on the 50 test forms. Runs are sequential in one
@@ -32,9 +32,11 @@ DEV_DOCUMENTS = 15
 
 
 def ablation_runs(main_epochs: float, ablation_steps: int) -> list[dict]:
-    """Name, what differs from the main configuration, and the training budget of every run."""
+    """Name, what differs from the main configuration, and the training budget of every run. Ablations
+    share one optimizer-step budget (EPI with objective tasks sees each form twice per epoch, so equal
+    steps means half the epochs)."""
     main = {"epochs": main_epochs, "max_steps": -1}
-    short = {"epochs": 100.0, "max_steps": ablation_steps}
+    short = {"epochs": 1000.0, "max_steps": ablation_steps}
     return [
         {"name": "main", "change": "full model (Bi-LSTM, label embedding, geometric features; no image)", **main},
         {"name": "reference_short", "change": "main configuration at the ablation budget", **short},
@@ -85,7 +87,9 @@ def _f(value) -> str:
 
 def render_markdown(payload: dict) -> str:
     lines = ["# xformparser on FUNSD (test set, 50 forms)", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  ",
+             f"Command: `{payload['command']}`  ",
+             *[f"Run in parallel (same protocol, merged): `{command}`  " for command in payload.get("merged_commands", [])],
+             f"Machine: {payload['machine']}  ",
              f"Protocol: {payload['protocol']}", "",
              "## Rule baselines (gold entities, gold labels; no training)", "",
              "| rule | RE P | RE R | RE F1 | links |", "|---|---|---|---|---|"]
@@ -120,13 +124,30 @@ def publish(payload: dict, results_dir: Path) -> None:
     os.replace(temp, markdown_path)
 
 
+def merge_results(results_dir: Path, sources: list[Path]) -> int:
+    payload = json.loads((results_dir / "xformparser_funsd.json").read_text())
+    order = [spec["name"] for spec in ablation_runs(0, 0)]
+    for source in sources:
+        other = json.loads(source.read_text())
+        names = {run["name"] for run in other["runs"]}
+        payload["runs"] = [run for run in payload["runs"] if run["name"] not in names] + other["runs"]
+        payload["failed"].update(other.get("failed", {}))
+        payload["not_run"] = [name for name in payload.get("not_run", []) if name not in names]
+        payload.setdefault("merged_commands", []).append(other["command"])
+    payload["runs"].sort(key=lambda run: order.index(run["name"]) if run["name"] in order else len(order))
+    publish(payload, results_dir)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=os.environ.get("SFTKIT_DATA_ROOT", str(PROJECT_ROOT.parent / "shared" / "datasets")))
     parser.add_argument("--backbone", default="minilm-l6")
-    parser.add_argument("--main-epochs", type=float, default=3.0)
-    parser.add_argument("--ablation-steps", type=int, default=100)
-    parser.add_argument("--frozen-layers", type=int, default=4)
+    parser.add_argument("--main-epochs", type=float, default=15.0)
+    parser.add_argument("--ablation-epochs", type=float, default=8.0,
+                        help="ablation budget in epochs of the train split (converted to optimizer steps)")
+    parser.add_argument("--frozen-layers", type=int, default=6,
+                        help="frozen (cached) encoder layers; 6 = the whole MiniLM, layout added on its output")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
@@ -136,7 +157,12 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", default=str(PROJECT_ROOT / "runs" / "xformparser_funsd"))
     parser.add_argument("--results-dir", default=str(PROJECT_ROOT / "docs" / "results"))
     parser.add_argument("--progress", action="store_true", help="show the trainer's progress bar")
+    parser.add_argument("--merge-from", nargs="+",
+                        help="only merge: add the runs of these result JSONs (same protocol, run in parallel "
+                             "processes) to --results-dir's JSON, re-render the markdown and exit")
     args = parser.parse_args(argv)
+    if args.merge_from:
+        return merge_results(Path(args.results_dir), [Path(p) for p in args.merge_from])
     torch.set_num_threads(args.threads)
     started = time.time()
 
@@ -177,7 +203,8 @@ def main(argv=None) -> int:
     results_dir = Path(args.results_dir)
     publish(payload, results_dir)
 
-    specs = ablation_runs(args.main_epochs, args.ablation_steps)
+    steps_per_epoch = -(-len(train_documents) // args.batch_size)
+    specs = ablation_runs(args.main_epochs, int(round(args.ablation_epochs * steps_per_epoch)))
     if args.runs:
         wanted = set(args.runs.split(","))
         specs = [spec for spec in specs if spec["name"] in wanted]

@@ -132,11 +132,13 @@ class TaskHomogeneousBatchSampler(Sampler[list[int]]):
 
 
 class TaskAwareCollator:
-    """Strips ``"task"`` from every item, calls the wrapped collator, puts the (single) task on the batch
-    under :data:`BATCH_TASK_KEY` for the trainer to pop before ``forward``."""
+    """Strips ``"task"`` from every item, calls the wrapped collator and puts the batch's task on the batch
+    under :data:`BATCH_TASK_KEY` for the trainer to pop before ``forward``: the task name, or None for an
+    evaluation batch that mixes tasks (``require_single_task=False``)."""
 
-    def __init__(self, collator: Callable[[list], Any]):
+    def __init__(self, collator: Callable[[list], Any], require_single_task: bool = False):
         self.collator = collator
+        self.require_single_task = require_single_task
 
     def __call__(self, items: list):
         tasks = set()
@@ -148,9 +150,9 @@ class TaskAwareCollator:
             else:
                 tasks.add(DEFAULT_TASK)
             stripped.append(item)
-        if len(tasks) > 1:
+        if len(tasks) > 1 and self.require_single_task:
             raise ValueError(f"a batch mixes tasks {sorted(tasks)}: use TaskHomogeneousBatchSampler")
         batch = self.collator(stripped)
-        if isinstance(batch, dict) or hasattr(batch, "__setitem__") and hasattr(batch, "keys"):
-            batch[BATCH_TASK_KEY] = tasks.pop() if tasks else DEFAULT_TASK
+        if isinstance(batch, Mapping) and hasattr(batch, "__setitem__"):
+            batch[BATCH_TASK_KEY] = tasks.pop() if len(tasks) == 1 else None
         return batch

@@ -103,22 +103,24 @@ class MultiTaskTrainer(Trainer):
         return prepared
 
     # ---- steps ----
-    def _pop_task(self, inputs) -> None:
-        if isinstance(inputs, dict) or hasattr(inputs, "pop"):
-            task = inputs.pop(BATCH_TASK_KEY, None)
-            if task is not None:
-                self.current_task = task
+    def _pop_task(self, inputs, training: bool) -> None:
+        if hasattr(inputs, "pop") and BATCH_TASK_KEY in inputs:
+            task = inputs.pop(BATCH_TASK_KEY)
+            if task is None and training:
+                raise ValueError("a training batch mixes tasks; MultiTaskTrainer's sampler should prevent this "
+                                 "(was get_train_dataloader overridden?)")
+            self.current_task = task  # None: an evaluation batch mixing tasks
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self._pop_task(inputs)
+        self._pop_task(inputs, training=True)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        self._pop_task(inputs)
+        self._pop_task(inputs, training=False)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._pop_task(inputs)  # robustness for subclasses that call compute_loss directly
+        self._pop_task(inputs, training=model.training)  # for subclasses that call compute_loss directly
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # ---- logging and checkpoints ----

@@ -191,7 +191,7 @@ def _parse_trl(record: dict, domain: str) -> ResponseGroup:
 def _parse_rmbench(record: dict, domain: str) -> ResponseGroup:
     prompt = _text(record.get("prompt"), "prompt")
     chosen, rejected = record["chosen"], record["rejected"]
-    if not (isinstance(rejected, list) and len(rejected) == 3):
+    if not (isinstance(chosen, list) and len(chosen) == 3 and isinstance(rejected, list) and len(rejected) == 3):
         raise ValueError("rm-bench records need 3 chosen and 3 rejected responses (concise, detailed, markdown)")
     responses = [_text(c, f"chosen[{i}]") for i, c in enumerate(chosen)] + [
         _text(r, f"rejected[{j}]") for j, r in enumerate(rejected)]

@@ -49,6 +49,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class SRMPreTrainedModel(PreTrainedModel):
     config_class = SRMConfig
     base_model_prefix = "srm"
+    # The loss is a mean over pairs: let the Trainer scale it for gradient accumulation as usual.
+    accepts_loss_kwargs = False
     supports_gradient_checkpointing = True
 
     def _init_weights(self, module):
@@ -162,7 +164,6 @@ class SRMModel(SRMPreTrainedModel):
         rating_targets: torch.FloatTensor | None = None,
         rating_mask: torch.FloatTensor | None = None,
         return_dict: bool | None = None,
-        **unused,
     ) -> SRMOutput:
         r"""
         input_ids / attention_mask / token_type_ids: ``[N, L]`` joint ``prompt + response`` encoding, or give

@@ -82,8 +82,8 @@ class TextLayoutBackbone(nn.Module):
         self.frozen_layers = frozen_layers
         if frozen_layers:
             layers = self._layers()
-            if frozen_layers >= len(layers):
-                raise ValueError(f"frozen_layers={frozen_layers} leaves no trainable layer of {len(layers)}")
+            if frozen_layers > len(layers):
+                raise ValueError(f"frozen_layers={frozen_layers} but the encoder has {len(layers)} layers")
             for module in [self.encoder.embeddings, *layers[:frozen_layers]]:
                 module.requires_grad_(False)
 

@@ -32,12 +32,18 @@ class XFormParserConfig(PretrainedConfig):
         layout_embedding_size: number of coordinate buckets (coordinates are 0-1000).
         frozen_layers: text-layout only. 0 (default): layout embeddings join the word embeddings and the
             whole encoder trains. N > 0: embeddings + bottom N layers are frozen and cached per window,
-            layout embeddings are added at the input of layer N (a CPU-budget option).
+            layout embeddings are added at the input of layer N, or to the encoder output when N equals
+            the number of layers (a CPU-budget option).
         use_image_branch: add a small CNN over the page image, RoI-pooled per token box, to token states.
         image_size / image_channels: page resolution fed to the CNN and its width.
         window_size / window_overlap: backbone window in tokens (incl. 2 specials) and shared tokens
             between consecutive windows for long documents.
-        entity_hidden_size: width of the pooled-entity dense layer and SER MLP.
+        entity_hidden_size: width of the pooled-entity dense layer and SER MLP. The dense layer sees the
+            mean of the entity's tokens and its normalised box.
+        use_ser_context: add (residually) a Bi-LSTM over entities in reading order to the entity
+            features before the SER MLP, so neighbouring entities inform each label.
+        use_token_context / token_context_size: a Bi-LSTM over the document's tokens feeding the BIO
+            tagging head (it sees token states and layout only, never the entity grouping).
         use_label_embedding / label_embedding_size: append an embedding of the entity's SER label to its RE input.
         soft_label_start_epoch / soft_label_warmup_epochs / soft_label_final_mix: schedule for mixing
             softmax-weighted (predicted) label embeddings into training; see :func:`soft_label_mix`.
@@ -66,6 +72,9 @@ class XFormParserConfig(PretrainedConfig):
         window_size=512,
         window_overlap=128,
         entity_hidden_size=256,
+        use_ser_context=True,
+        use_token_context=True,
+        token_context_size=128,
         use_label_embedding=True,
         label_embedding_size=32,
         soft_label_start_epoch=2.0,
@@ -96,6 +105,9 @@ class XFormParserConfig(PretrainedConfig):
         self.window_size = window_size
         self.window_overlap = window_overlap
         self.entity_hidden_size = entity_hidden_size
+        self.use_ser_context = use_ser_context
+        self.use_token_context = use_token_context
+        self.token_context_size = token_context_size
         self.use_label_embedding = use_label_embedding
         self.label_embedding_size = label_embedding_size
         self.soft_label_start_epoch = soft_label_start_epoch

@@ -68,7 +68,7 @@ class FormParser:
                                 strict_labels=strict_labels) for d in documents]
 
     @torch.no_grad()
-    def predict_modes(self, documents: list[Document], modes) -> dict[tuple[str, str], list[DocumentPrediction]]:
+    def predict_modes(self, documents: list[Document], modes, encoded=None) -> dict[tuple[str, str], list[DocumentPrediction]]:
         """Predictions for several (label_source, linker) modes from one backbone pass per batch.
 
         ``label_source="gold"`` takes the RE candidates and label embeddings from the documents' own
@@ -77,8 +77,8 @@ class FormParser:
         for label_source, linker in modes:
             if linker not in LINKERS or label_source not in ("gold", "predicted"):
                 raise ValueError(f"unknown mode {(label_source, linker)}")
-        needs_gold = any(source == "gold" for source, _ in modes)
-        encoded = self.encode(documents, strict_labels=needs_gold)
+        if encoded is None:
+            encoded = self.encode(documents, strict_labels=any(source == "gold" for source, _ in modes))
         model, labels = self.model.eval(), self.model.config.labels
         device = next(model.parameters()).device
         results = {mode: [] for mode in modes}
@@ -87,7 +87,8 @@ class FormParser:
             batch = {k: v.to(device) for k, v in self.collator(chunk).items()}
             states = model.encode_entities(batch["input_ids"], batch["bbox"], batch["attention_mask"],
                                            batch["window_document"], batch["window_token_position"],
-                                           batch["token_entity"], batch["entity_mask"], batch.get("pixel_values"))
+                                           batch["token_entity"], batch["entity_mask"], batch["entity_boxes"],
+                                           batch.get("pixel_values"))
             predicted_ids = states["ser_logits"].argmax(-1)
             tag_ids = states["bio_logits"].argmax(-1)
             for label_source, linker in modes:
@@ -134,7 +135,7 @@ class FormParser:
         modes = [("predicted", "model"), ("gold", "model")]
         if include_rule_baseline:
             modes += [("gold", "rule"), ("predicted", "rule")]
-        predictions = self.predict_modes(documents, modes)
+        predictions = self.predict_modes(documents, modes, encoded=encoded)
         end_to_end = predictions[("predicted", "model")]
         predicted_labels = [p.entity_labels for p in end_to_end]
         entity_tags = [_entity_word_tags(d, labels) for d, labels in zip(encoded, predicted_labels)]

@@ -90,9 +90,17 @@ class XFormParserModel(XFormParserPreTrainedModel):
         self.backbone = BackboneAdapter(config)
         hidden, entity_size = self.backbone.hidden_size, config.entity_hidden_size
         num_labels, num_tags = len(config.labels), len(bio_tags(config.labels))
-        self.entity_dense = nn.Sequential(nn.Linear(hidden, entity_size), nn.GELU())
+        # Pooled tokens ++ the entity's own normalised box (x0, y0, x1, y1, width, height).
+        self.entity_dense = nn.Sequential(nn.Linear(hidden + 6, entity_size), nn.GELU())
+        self.entity_context_for_ser = None
+        if config.use_ser_context:
+            self.entity_context_for_ser = nn.LSTM(entity_size, entity_size // 2, batch_first=True, bidirectional=True)
         self.ser_head = _mlp(entity_size, entity_size, num_labels, config.dropout)
         self.bio_head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, num_tags))
+        self.token_context = None
+        if config.use_token_context:
+            self.token_context = nn.LSTM(hidden, config.token_context_size, batch_first=True, bidirectional=True)
+            self.token_context_projection = nn.Linear(2 * config.token_context_size, hidden)
 
         relation_input = entity_size
         self.label_embedding = None
@@ -147,7 +155,7 @@ class XFormParserModel(XFormParserPreTrainedModel):
         pixel_values=None, label_source: str | None = None, objective: str | None = None, return_dict=True,
     ) -> XFormParserOutput:
         encoded = self.encode_entities(input_ids, bbox, attention_mask, window_document, window_token_position,
-                                       token_entity, entity_mask, pixel_values)
+                                       token_entity, entity_mask, entity_boxes, pixel_values)
         has_gold = entity_labels is not None and bool((entity_labels[entity_mask] >= 0).all())
         label_source = label_source or ("gold" if self.training and has_gold else "predicted")
         re_logits, head_candidates, tail_candidates = self.score_relations(
@@ -169,16 +177,22 @@ class XFormParserModel(XFormParserPreTrainedModel):
         )
 
     def encode_entities(self, input_ids, bbox, attention_mask, window_document, window_token_position,
-                        token_entity, entity_mask, pixel_values=None) -> dict[str, torch.Tensor]:
+                        token_entity, entity_mask, entity_boxes, pixel_values=None) -> dict[str, torch.Tensor]:
         """Backbone over all windows -> document token states -> pooled entities -> SER and BIO logits."""
         num_docs, num_tokens = token_entity.shape
         window_pixels = pixel_values[window_document] if pixel_values is not None else None
         window_states = self.backbone(input_ids, bbox, attention_mask, window_pixels)
         token_states = self._merge_windows(window_states, window_document, window_token_position, num_docs, num_tokens)
         entity_states = self._pool_entities(token_states, token_entity, entity_mask.shape[1])
-        entity_features = self.entity_dense(entity_states)
+        entity_features = self.entity_dense(torch.cat([entity_states, self._box_features(entity_boxes)], dim=-1))
+        if self.entity_context_for_ser is not None:
+            entity_features = entity_features + self._run_lstm(self.entity_context_for_ser, entity_features, entity_mask)
+        bio_input = token_states
+        if self.token_context is not None:
+            context = self._run_lstm(self.token_context, token_states, token_entity >= 0)
+            bio_input = token_states + self.token_context_projection(context)
         return {"entity_features": entity_features, "ser_logits": self.ser_head(entity_features),
-                "bio_logits": self.bio_head(token_states)}
+                "bio_logits": self.bio_head(bio_input)}
 
     def score_relations(self, encoded, entity_boxes, entity_mask, entity_labels=None, label_source="predicted"):
         """RE logits ``[docs, value, key + 1]`` and the key / value candidate masks, with candidates and
@@ -199,6 +213,20 @@ class XFormParserModel(XFormParserPreTrainedModel):
         return re_logits, head_candidates, tail_candidates
 
     # ------------------------------------------------------------------------------------ pieces
+    @staticmethod
+    def _box_features(entity_boxes: torch.Tensor) -> torch.Tensor:
+        boxes = entity_boxes.float() / 1000
+        return torch.cat([boxes, boxes[..., 2:3] - boxes[..., 0:1], boxes[..., 3:4] - boxes[..., 1:2]], dim=-1)
+
+    @staticmethod
+    def _run_lstm(lstm: nn.LSTM, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Bi-LSTM over the entities of each document in reading order (padding excluded)."""
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+        outputs, _ = lstm(packed)
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=inputs.shape[1])
+        return outputs
+
     @staticmethod
     def _merge_windows(window_states, window_document, window_token_position, num_docs, num_tokens):
         """Average each document token's states over every window that contains it."""
@@ -235,10 +263,7 @@ class XFormParserModel(XFormParserPreTrainedModel):
                          head_candidates, tail_candidates):
         relation_inputs = self._relation_inputs(entity_features, ser_logits, label_ids, label_source)
         if self.config.use_bilstm:
-            lengths = entity_mask.sum(1).clamp(min=1).cpu()
-            packed = nn.utils.rnn.pack_padded_sequence(relation_inputs, lengths, batch_first=True, enforce_sorted=False)
-            context, _ = self.entity_context(packed)
-            context, _ = nn.utils.rnn.pad_packed_sequence(context, batch_first=True, total_length=relation_inputs.shape[1])
+            context = self._run_lstm(self.entity_context, relation_inputs, entity_mask)
         else:
             context = self.entity_context(relation_inputs)
         heads, tails = self.head_mlp(context), self.tail_mlp(context)

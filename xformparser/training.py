@@ -83,7 +83,7 @@ class XFormParserTrainer(MultiTaskTrainer):
         self.last_eval_report: dict | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._pop_task(inputs)
+        # MultiTaskTrainer.training_step has already set current_task from the batch.
         if self.task_mode == "objectives" and self.current_task in OBJECTIVES:
             inputs = {**inputs, "objective": self.current_task}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save as safetensors_bytes
 
 from .config import EPIConfig
 from .drift import DriftLog, atomic_write_bytes, atomic_write_text
-from .masks import mask_drift, pack_bits, top_k_mask, unit_mask_to_param_shape, unpack_bits, units_of
+from .masks import pack_bits, top_k_mask, unit_mask_to_param_shape, unpack_bits, units_of
 
 logger = logging.getLogger("sft_core.epi")
 
@@ -271,20 +271,29 @@ class ParameterIsolator:
                         record["added"], record["released"], record["jaccard"])
 
     def _refresh_epi_mask(self, state: TaskIsolationState) -> dict[str, dict]:
+        """Re-rank every tensor; full-size work is the top-k and one nonzero, the rest is on mask indices."""
         patience = self.config.release_patience
         per_tensor = {}
         for i, scores in enumerate(state.importance):
             top = top_k_mask(scores, self.config.isolation_ratio)
-            previous = self._unit_bool(state.masks[i], self.units[i])
+            top_indices = torch.nonzero(top).squeeze(1)
+            previous = state.masks[i].long()
             # Count consecutive refreshes outside the top; release once the count reaches the patience.
-            counters = torch.zeros(top.numel(), dtype=torch.uint8, device=top.device)
-            counters[state.masks[i].long()] = state.patience_counters[i]
-            outside = previous & ~top
-            counters = torch.where(outside, counters + 1, torch.zeros_like(counters))
-            current = top | (outside & (counters < patience))
-            state.masks[i] = torch.nonzero(current).squeeze(1).int()
-            state.patience_counters[i] = counters[state.masks[i].long()]
-            per_tensor[self.param_names[i]] = mask_drift(previous, current)
+            outside = ~top[previous]
+            counters = torch.where(outside, state.patience_counters[i] + 1, torch.zeros_like(state.patience_counters[i]))
+            kept = outside & (counters < patience)
+            kept_indices = previous[kept]
+            merged, order = torch.sort(torch.cat([top_indices, kept_indices]))
+            merged_counters = torch.cat([torch.zeros(top_indices.numel(), dtype=torch.uint8, device=top.device),
+                                         counters[kept]])[order]
+            state.masks[i] = merged.int()
+            state.patience_counters[i] = merged_counters
+            intersection = int(previous.numel() - outside.sum()) + int(kept.sum())
+            union = previous.numel() + merged.numel() - intersection
+            per_tensor[self.param_names[i]] = {
+                "protected": merged.numel(), "added": merged.numel() - intersection,
+                "released": previous.numel() - intersection, "intersection": intersection, "union": union,
+                "jaccard": 1.0 if union == 0 else intersection / union}
         state.has_mask = True
         return per_tensor
 

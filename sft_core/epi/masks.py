@@ -41,36 +41,59 @@ def unit_mask_to_param_shape(unit_mask: torch.Tensor, param: torch.Tensor, granu
     return unit_mask.view(param.shape)
 
 
+_EXACT_SELECTION_LIMIT = 1 << 20
+_SAMPLE_SIZE = 1 << 18
+
+
+def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact k-th largest entry of a flat float tensor (1 <= k <= n).
+
+    ``torch.kthvalue`` on tens of millions of elements copies and partially sorts the whole tensor; for
+    large tensors a strided sample brackets the answer, two comparison passes count and extract the band,
+    and the exact value is selected inside the (small) band. Falls back to the full selection whenever the
+    bracket misses, so the result is always exact and depends only on the values.
+    """
+    n = values.numel()
+    if n <= _EXACT_SELECTION_LIMIT:
+        return torch.kthvalue(values, n - k + 1).values
+    stride = n // _SAMPLE_SIZE
+    sample = values[::stride].contiguous()
+    m = sample.numel()
+    fraction = k / n
+    margin = 6.0 * math.sqrt(max(fraction * (1 - fraction), 1.0 / m) / m) + 2.0 / m
+    upper_rank = max(1, math.floor((fraction - margin) * m))  # ranks counted from the top of the sample
+    lower_rank = min(m, math.ceil((fraction + margin) * m))
+    upper = torch.kthvalue(sample, m - upper_rank + 1).values
+    lower = torch.kthvalue(sample, m - lower_rank + 1).values
+    above = int((values > upper).sum())
+    if above < k:
+        band = values[(values > lower) & (values <= upper)]
+        need = k - above
+        if 0 < need <= band.numel():
+            return torch.kthvalue(band, band.numel() - need + 1).values
+    return torch.kthvalue(values, n - k + 1).values
+
+
 def top_k_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Flat bool mask of the top ``ceil(ratio * n)`` strictly positive scores.
 
     Ties at the threshold go to the lowest flat index, so the result depends only on the score
     values: identical scores on every rank give identical masks (``torch.topk`` makes no such promise).
-    Units with zero or non-finite score are never selected: they carry no evidence of importance.
+    Units with zero score are never selected: they carry no evidence of importance.
     """
-    flat = torch.nan_to_num(scores.reshape(-1).float(), nan=0.0, posinf=0.0, neginf=0.0)
+    flat = scores.reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
     n = flat.numel()
     k = min(n, math.ceil(ratio * n))
     if k == 0:
         return torch.zeros(n, dtype=torch.bool, device=flat.device)
-    threshold = torch.kthvalue(flat, n - k + 1).values
+    threshold = kth_largest(flat, k)
+    if threshold <= 0:  # fewer than k positive scores: take them all
+        return flat > 0
     mask = flat > threshold
     remaining = k - int(mask.sum())
     if remaining > 0:
         tied = torch.nonzero(flat == threshold).squeeze(1)[:remaining]
         mask[tied] = True
-    return mask & (flat > 0)
-
-
-def mask_drift(previous: torch.Tensor, current: torch.Tensor) -> dict:
-    """Counts comparing two flat bool masks of one tensor (one refresh to the next)."""
-    intersection = int((previous & current).sum())
-    union = int((previous | current).sum())
-    return {
-        "protected": int(current.sum()),
-        "added": int((current & ~previous).sum()),
-        "released": int((previous & ~current).sum()),
-        "intersection": intersection,
-        "union": union,
-        "jaccard": 1.0 if union == 0 else intersection / union,
-    }
+    return mask

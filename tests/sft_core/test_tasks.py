@@ -61,7 +61,7 @@ def test_proportions_set_the_share_of_steps():
         TaskHomogeneousBatchSampler(TASKS, batch_size=2, proportions={"zzz": 1})
 
 
-def test_collator_strips_task_and_refuses_mixed_batches():
+def test_collator_strips_task_and_marks_mixed_batches():
     seen = []
 
     def collate(items):
@@ -72,8 +72,9 @@ def test_collator_strips_task_and_refuses_mixed_batches():
     batch = collator([{"x": 1, "task": "a"}, {"x": 2, "task": "a"}])
     assert batch == {"n": 2, BATCH_TASK_KEY: "a"} and all("task" not in item for item in seen)
     assert collator([{"x": 1}])[BATCH_TASK_KEY] == "default"
+    assert collator([{"task": "a"}, {"task": "b"}])[BATCH_TASK_KEY] is None  # evaluation may mix tasks
     with pytest.raises(ValueError, match="mixes tasks"):
-        collator([{"task": "a"}, {"task": "b"}])
+        TaskAwareCollator(collate, require_single_task=True)([{"task": "a"}, {"task": "b"}])
 
 
 def test_task_labels_reads_lists_and_hf_datasets():

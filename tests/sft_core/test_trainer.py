@@ -36,6 +36,9 @@ class RecordingTrainer(MultiTaskTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         assert "task" not in inputs and BATCH_TASK_KEY not in inputs
+        if not model.training:
+            self.calls.append(("eval", self.current_task))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         first_label = [row[row != -100][0].item() for row in inputs["labels"]]
         assert set(first_label) == {self.expected_ids[self.current_task]}, "batch content is not the current task's"
         self.calls.append((self.state.global_step, self.current_task))
@@ -68,6 +71,9 @@ EPI = EPIConfig(method="epi", isolation_ratio=0.1, warmup_steps=2, update_interv
 def test_trainer_runs_task_homogeneous_epi_steps_and_checkpoints_the_state(tmp_path):
     trainer = make_trainer(tmp_path, EPI)
     trainer.train()
+    metrics = trainer.evaluate(eval_dataset=trainer.train_dataset)  # sequential eval batches mix tasks
+    assert metrics["eval_loss"] > 0 and ("eval", None) in trainer.calls
+    trainer.calls = [call for call in trainer.calls if call[0] != "eval"]
     steps = {}
     for step, task in trainer.calls:
         steps.setdefault(step, set()).add(task)

@@ -147,3 +147,36 @@ def test_ablation_switches_build_and_run(flag, tiny_tokenizer, funsd_folder):
         assert not isinstance(model.entity_context, torch.nn.LSTM)
     else:
         assert module not in names
+
+
+@pytest.mark.parametrize("frozen_layers", [1, 2])
+def test_frozen_layers_are_cached_and_receive_no_gradient(frozen_layers, tiny_tokenizer, funsd_folder):
+    from xformparser.backbones import _FROZEN_STATE_CACHE, clear_frozen_state_cache
+
+    backbone_type, backbone_config = _backbone_config("text-layout", len(tiny_tokenizer))
+    backbone_config["num_hidden_layers"] = 2
+    config = XFormParserConfig(backbone_config=backbone_config, window_size=WINDOW, window_overlap=6,
+                               frozen_layers=frozen_layers)
+    model = XFormParserModel(config)
+    documents = load_documents(funsd_folder)[:2]
+    encoded = [encode_document(d, tiny_tokenizer, config.labels, ["question"], ["answer"]) for d in documents]
+    batch = XFormParserCollator(tiny_tokenizer, WINDOW, 6)(encoded)
+    clear_frozen_state_cache()
+    model.train()
+    model(**batch).loss.backward()
+    assert len(_FROZEN_STATE_CACHE) == batch["input_ids"].shape[0]
+    encoder = model.backbone.encoder
+    assert all(p.grad is None for p in encoder.embeddings.parameters())
+    assert all(p.grad is None for p in encoder.encoder.layer[frozen_layers - 1].parameters())
+    assert model.backbone.adapter.layout.x_embedding.weight.grad.abs().sum() > 0
+    if frozen_layers < 2:
+        assert encoder.encoder.layer[1].attention.self.query.weight.grad.abs().sum() > 0
+    # a second pass is served from the cache and gives the same result in eval mode
+    model.eval()
+    with torch.no_grad():
+        first = model(**batch).ser_logits
+        size = len(_FROZEN_STATE_CACHE)
+        second = model(**batch).ser_logits
+    assert len(_FROZEN_STATE_CACHE) == size and torch.allclose(first, second)
+    with pytest.raises(ValueError):
+        XFormParserModel(XFormParserConfig(backbone_config=backbone_config, frozen_layers=3))
