@@ -2,8 +2,9 @@
 head/tail MLPs -> biaffine relation scorer (+ geometric pair features).
 
 Reads top-down: forward() runs the backbone over every window, averages each document token's
-states over the windows holding it, mean-pools entities, classifies them (SER) and tags tokens (BIO),
-then scores (key, value) pairs. For every value candidate the RE head is a softmax over its key
+states over the windows holding it, mean-pools entities (+ their box; optionally contextualised by a
+Bi-LSTM over entities), classifies them (SER) and tags tokens (BIO; optionally through a token
+Bi-LSTM), then scores (key, value) pairs. For every value candidate the RE head is a softmax over its key
 candidates plus a "no key" option; the loss is the negative log of the probability mass on its gold
 keys (or on "no key").
 """
