@@ -212,7 +212,8 @@ def write_report(args, out_dir, report):
         f"{args.batch_size} x {args.seq_len} tokens, {len(TASKS)} tasks alternating every step, isolation ratio "
         f"{args.ratio}, element granularity, {args.rounds} paired rounds (+2 priming steps per method), "
         f"{args.threads} CPU threads.", "",
-        f"Command: `{report['command']}`", "",
+        f"Command: `{report['command']}`" + (f" (peak RSS re-measured with `{report['rss_command']}`)"
+                                              if report.get("rss_command") else ""), "",
         f"Machine: {report['machine']}. The CPU was shared with other jobs: absolute seconds are noisy, the "
         "per-round paired ratios much less so.", "",
         "## Step time (medians)", "",

@@ -244,6 +244,7 @@ def main(argv=None) -> int:
         fd, tmp = tempfile.mkstemp(dir=args.output_dir, prefix=".tmp-")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, os.path.join(args.output_dir, name))
     print(markdown(report))
     return 0

@@ -351,6 +351,7 @@ class FeatureCache:
         os.close(fd)
         try:
             save_file(self.vectors, tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, self.path)
         finally:
             if os.path.exists(tmp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -52,11 +53,14 @@ WORKER = textwrap.dedent('''
 
 
 def test_torchrun_two_ranks_share_each_steps_task_and_end_with_identical_masks(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "0", str(script), str(tmp_path)],
+                             "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(tmp_path)],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
