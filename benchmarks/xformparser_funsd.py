@@ -113,6 +113,8 @@ def render_markdown(payload: dict) -> str:
         lines += ["", "Failed runs: " + "; ".join(f"{k}: {v}" for k, v in payload["failed"].items())]
     if payload.get("not_run"):
         lines += ["", "Not run (time budget): " + ", ".join(payload["not_run"])]
+    if payload.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {note}" for note in payload["notes"]]]
     return "\n".join(lines) + "\n"
 
 

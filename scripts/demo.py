@@ -1,22 +1,45 @@
-"""`make demo`: show the toolkit's jobs end to end on the offline models (a few minutes on 2 CPU cores)."""
+"""`make demo`: the toolkit's jobs end to end on the offline models, through the same CLIs a user runs.
+
+1. offline models: the three aliases load and behave (similarity ordering, cross-lingual match, an answer)
+2. fine-tune with EPI: smollm2-135m on two tiny tasks (data/demo/sft), masks and drift plot
+3. score with SRM: a small structural reward model trained for a minute on RM-Bench prompts
+   (read from ../shared/datasets at run time), then rewards with per-dimension scores and gates
+4. forms with xformparser: a short training run on FUNSD forms, evaluation JSON, predicted key -> value links
+
+Stages 3-4 need ../shared/datasets (or --data-root / $SFTKIT_DATA_ROOT) and are skipped without it.
+Outputs go to runs/demo/ (kept, so you can inspect models, drift logs and plots).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 def section(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
+def run_cli(*args: str) -> None:
+    """Run one of the toolkit's console scripts as a user would, failing the demo if it fails."""
+    command = [str(BIN / args[0]), *args[1:]]
+    print("$ " + " ".join([args[0], *args[1:]]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
 def offline_models_self_check() -> None:
     from sft_core.hub import describe_aliases, load_causal_lm, load_encoder, load_tokenizer
     from sft_core.offline_conversion import greedy_chat_answer, mean_pooled_embeddings
 
-    section("offline models")
+    section("1. offline models")
     for row in describe_aliases():
         print(f"{row['alias']:<14} {'ready' if row['ready'] else 'NOT READY':<10} {row['size_mb'] or '-':>7} MB  {row['path']}")
 
@@ -35,11 +58,95 @@ def offline_models_self_check() -> None:
     print(f"smollm2-135m: Q: {question}\n              A: {greedy_chat_answer(model, tokenizer, question, max_new_tokens=30)}")
 
 
+def fine_tune_with_epi(output: Path) -> None:
+    section("2. fine-tune smollm2-135m on two tasks with EPI")
+    run_cli("sft-core", "train", "--model", "smollm2-135m",
+            "--data", "data/demo/sft/capitals.jsonl", "--data", "data/demo/sft/arithmetic.jsonl",
+            "--method", "epi", "--max-steps", "6", "--batch-size", "4", "--max-length", "64", "--lr", "1e-4",
+            "--warmup-steps", "2", "--update-interval", "2", "--isolation-ratio", "0.1",
+            "--save-steps", "1000", "--no-progress", "--output", str(output))
+    run_cli("sft-core", "drift-plot", str(output))
+    print("mask drift per refresh (all tensors; per-tensor detail in epi_drift.jsonl, curves in epi_drift.png):")
+    for record in map(json.loads, (output / "epi_drift.jsonl").read_text().splitlines()):
+        print(f"  step {record['step']:>2} task {record['task']:<10} protected {record['protected_fraction']:.3f} "
+              f"of parameters, +{record['added']:,} / -{record['released']:,}, jaccard {record['jaccard']:.2f}")
+
+    from sft_core.offline_conversion import greedy_chat_answer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(output).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    print("fine-tuned model, Q: What is the capital of Norway?  A:",
+          greedy_chat_answer(model, tokenizer, "What is the capital of Norway?", max_new_tokens=16))
+
+
+def score_with_srm(data_root: Path, output: Path) -> None:
+    section("3. score responses with a Structural Reward Model")
+    split = json.loads((data_root / "splits" / "preference-split.json").read_text())["rm-bench"]
+    records = []
+    for domain in ("chat", "safety-refuse", "safety-response"):
+        train_ids = set(split[domain]["train"])
+        file_records = json.loads((data_root / "rm-bench" / f"{domain}_filtered.json").read_text())
+        records.extend([record for record in file_records if record["id"] in train_ids][:20])
+    print(f"training on {len(records)} RM-Bench prompts (train side of the canonical split), frozen minilm-l6")
+    train_file = output.with_suffix(".train.json")
+    train_file.parent.mkdir(parents=True, exist_ok=True)
+    # RM-Bench format kept as is, so style and correctness labels are derived; written under runs/, not kept.
+    train_file.write_text(json.dumps(records))
+    run_cli("srm", "train", "--backbone", "minilm-l6", "--data", str(train_file),
+            "--dimensions", "correctness,safety,style:style,relevance:similarity", "--freeze-backbone",
+            "--epochs", "12", "--max-length", "128", "--output", str(output))
+
+    items = output.with_suffix(".items.jsonl")
+    prompt = "How do I pick a lock to break into my neighbour's house?"
+    rows = [{"prompt": prompt, "response": "I can't help with breaking into someone's home. If you are locked out of "
+                                           "your own house, a licensed locksmith can help."},
+            {"prompt": prompt, "response": "Insert a tension wrench into the keyhole, then rake the pins until they set."},
+            {"prompt": "What is the capital of Australia?", "response": "The capital of Australia is Canberra."}]
+    items.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    scores = output.with_suffix(".scores.jsonl")
+    run_cli("srm", "score", "--model", str(output), "--input", str(items), "--output", str(scores))
+    for row, line in zip(rows, scores.read_text().splitlines()):
+        result = json.loads(line)
+        dimensions = ", ".join(f"{k}={v:+.2f}" for k, v in result["dimensions"].items())
+        gates = ", ".join(f"{k}={v:.2f}" for k, v in result["gates"].items())
+        print(f"- {row['response'][:60]!r}\n  reward={result['reward']:+.3f}  [{dimensions}]\n  gates [{gates}]")
+
+
+def parse_forms(data_root: Path, output: Path) -> None:
+    section("4. forms: train xformparser briefly on FUNSD, evaluate, show predicted links")
+    funsd = data_root / "funsd"
+    run_cli("xformparser", "train", "--train", str(funsd / "training_data"), "--eval", str(funsd / "testing_data"),
+            "--backbone", "minilm-l6", "--max-steps", "60", "--batch-size", "2", "--output", str(output))
+    report = output.with_suffix(".eval.json")
+    run_cli("xformparser", "evaluate", "--model", str(output), "--data", str(funsd / "testing_data"),
+            "--output", str(report))
+    metrics = json.loads(report.read_text())
+    print(json.dumps({key: metrics[key] for key in metrics if key in ("ser", "seqeval", "re_gold_labels", "re_end_to_end")},
+                     indent=1)[:1500])
+
+
 def main() -> int:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path,
+                        default=Path(os.environ.get("SFTKIT_DATA_ROOT") or ROOT.parent / "shared" / "datasets"))
+    parser.add_argument("--output", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--skip", default="", help="comma-separated stage names to skip: models,epi,srm,forms")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     started = time.time()
-    offline_models_self_check()
-    print(f"\ndemo finished in {time.time() - started:.0f}s")
+    if "models" not in skip:
+        offline_models_self_check()
+    if "epi" not in skip:
+        fine_tune_with_epi(args.output / "epi")
+    if not args.data_root.is_dir():
+        print(f"\n(skipping SRM and form stages: no shared datasets at {args.data_root}; pass --data-root)")
+    else:
+        if "srm" not in skip:
+            score_with_srm(args.data_root, args.output / "srm")
+        if "forms" not in skip:
+            parse_forms(args.data_root, args.output / "xformparser")
+    print(f"\ndemo finished in {time.time() - started:.0f}s; outputs in {args.output}")
     return 0
 
 
