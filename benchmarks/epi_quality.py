@@ -390,7 +390,11 @@ def write_report(args, profile, report, out_dir):
              "`greedy` = the label token is also the argmax over the whole vocabulary (first token of a free greedy "
              f"answer). Probe: completion NLL (nats/token) on {profile['probe_examples']} held-out CodeAlpaca examples "
              f"(max {profile['probe_max_length']} tokens).", "",
-             f"Command: `{report['command']}`", "",
+             f"Command: `{report['command']}`", ""]
+    if not report.get("complete", True):
+        lines += ["**Partial: the run was still going when this was written; only the runs listed below had "
+                  "finished.**", ""]
+    lines += [
              f"Machine: {report['machine']}; total wall time {report['wall_seconds'] / 60:.1f} min "
              f"({report['train_steps_run']} optimizer steps run in all).", "",
              "Base model before training: accuracy " + ", ".join(
@@ -483,27 +487,38 @@ def main(argv=None):
             "probe_nll": probe_nll(model, tokenizer, probe, profile["probe_max_length"])}
     print(f"base ({time.time() - started:.0f}s): {base}", flush=True)
     methods = args.methods.split(",")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for schedule in args.schedules.split(","):
         if schedule == "sequential":
             runs += run_sequential(methods, profile, base_state, model, tokenizer, batches, encoded, evaluation, probe)
+            write_report(args, profile, make_report(args, profile, model, evaluation, batches, base, runs, started,
+                                                    trainable_params, argv, complete=False), out_dir)
         else:
-            runs += [run_mixed(m, profile, base_state, model, tokenizer, batches, encoded, evaluation, probe, args.seed)
-                     for m in methods]
-    steps_run = sum((len(tasks) - 1 if r["schedule"] == "sequential" else len(tasks)) * profile["steps_per_task"]
-                    for r in runs) + (profile["steps_per_task"] if "sequential" in args.schedules.split(",") else 0)
-    report = {"command": "python benchmarks/epi_quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
-                         f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-              "model": args.model, "profile": args.profile, "profile_settings": profile, "seed": args.seed,
-              "trainable_params": trainable_params, "total_params": sum(p.numel() for p in model.parameters()),
-              "labels": {t: sorted({e["label"] for e in evaluation[t]}) for t in tasks},
-              "mixed_task_order": [t for t, _ in schedule_batches(batches, tasks, "mixed", args.seed)],
-              "base": base, "runs": runs, "train_steps_run": steps_run, "wall_seconds": time.time() - started}
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_report(args, profile, report, out_dir)
+            for m in methods:
+                runs.append(run_mixed(m, profile, base_state, model, tokenizer, batches, encoded, evaluation, probe,
+                                      args.seed))
+                write_report(args, profile, make_report(args, profile, model, evaluation, batches, base, runs, started,
+                                                        trainable_params, argv, complete=False), out_dir)
+    write_report(args, profile, make_report(args, profile, model, evaluation, batches, base, runs, started,
+                                            trainable_params, argv, complete=True), out_dir)
     print((out_dir / "epi_quality.md").read_text())
+
+
+def make_report(args, profile, model, evaluation, batches, base, runs, started, trainable_params, argv, complete):
+    tasks = list(profile["tasks"])
+    steps_run = sum((len(tasks) - 1 if r["schedule"] == "sequential" else len(tasks)) * profile["steps_per_task"]
+                    for r in runs) + (profile["steps_per_task"] if any(r["schedule"] == "sequential" for r in runs) else 0)
+    return {"complete": complete,
+            "command": "python benchmarks/epi_quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
+                       f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
+            "model": args.model, "profile": args.profile, "profile_settings": profile, "seed": args.seed,
+            "trainable_params": trainable_params, "total_params": sum(p.numel() for p in model.parameters()),
+            "labels": {t: sorted({e["label"] for e in evaluation[t]}) for t in tasks},
+            "mixed_task_order": [t for t, _ in schedule_batches(batches, tasks, "mixed", args.seed)],
+            "base": base, "runs": runs, "train_steps_run": steps_run, "wall_seconds": time.time() - started}
 
 
 if __name__ == "__main__":

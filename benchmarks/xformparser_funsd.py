@@ -50,6 +50,12 @@ def ablation_runs(main_epochs: float, ablation_steps: int) -> list[dict]:
          "model": {"use_image_branch": True}},
         {"name": "epi", "change": "EPI tuner, tasks = SER and RE objectives (same step budget)", **short,
          "tuner": "epi"},
+        {"name": "top2_finetuned", "change": "top 2 encoder layers fine-tuned (frozen_layers=4: embeddings + bottom 4 "
+                                            "layers cached, layout added at layer 4; encoder lr 1e-4)", **short,
+         "model": {"frozen_layers": 4}, "learning_rate": 1e-4},
+        {"name": "top4_finetuned", "change": "top 4 encoder layers fine-tuned (frozen_layers=2: embeddings + bottom 2 "
+                                            "layers cached, layout added at layer 2; encoder lr 1e-4)", **short,
+         "model": {"frozen_layers": 2}, "learning_rate": 1e-4},
     ]
 
 
@@ -60,6 +66,7 @@ def run_one(spec, args, train_documents, dev_documents, test_documents, log) -> 
         train_path="funsd/training_data[:134]", eval_path="funsd/training_data[134:]", output_dir=str(output_dir),
         backbone=args.backbone, tuner=spec.get("tuner", "full"), epi_tasks="objectives", epochs=spec["epochs"],
         max_steps=spec["max_steps"], batch_size=args.batch_size, seed=args.seed, model_options=model_options,
+        learning_rate=spec.get("learning_rate", TrainingOptions.learning_rate),
         show_progress=args.progress, logging_steps=25,
     )
     started = time.time()
@@ -71,6 +78,7 @@ def run_one(spec, args, train_documents, dev_documents, test_documents, log) -> 
         "name": spec["name"], "change": spec["change"], "tuner": options.tuner, "model_options": model_options,
         "budget": {"optimizer_steps": summary["global_steps"], "epochs": round(summary["epochs"], 2),
                    "batch_size": args.batch_size, "train_documents": len(train_documents),
+                   "frozen_layers": model_options["frozen_layers"], "encoder_learning_rate": options.learning_rate,
                    "train_wall_seconds": round(train_seconds, 1)},
         "best_dev_selection_f1": summary["best_metric"], "best_checkpoint": summary["best_checkpoint"],
         "test": report,
@@ -99,13 +107,15 @@ def render_markdown(payload: dict) -> str:
               "SER = entity-level micro-F1 over all 4 labels on gold entity boxes (= accuracy); seqeval = span F1 "
               "of the token BIO head over words; RE = P/R/F1 over all gold question->answer links "
               "(gold entities), with gold SER labels and end to end with predicted labels.", "",
-              "| run | change | steps | epochs | train wall (s) | SER micro-F1 | seqeval F1 | RE F1 gold labels (P/R) "
-              "| RE F1 end to end (P/R) | rule, predicted labels F1 |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| run | change | frozen layers | steps | epochs | train wall (s) | SER micro-F1 | seqeval F1 "
+              "| RE F1 gold labels (P/R) | RE F1 end to end (P/R) | rule, predicted labels F1 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in payload["runs"]:
         test, budget = run["test"], run["budget"]
         gold, e2e = test["re_gold_labels"], test["re_end_to_end"]
         lines.append(
-            f"| {run['name']} | {run['change']} | {budget['optimizer_steps']} | {budget['epochs']} | "
+            f"| {run['name']} | {run['change']} | {run['model_options'].get('frozen_layers', '-')} of 6 | "
+            f"{budget['optimizer_steps']} | {budget['epochs']} | "
             f"{budget['train_wall_seconds']} | {_f(test['ser']['micro']['f1'])} | {_f(test['seqeval_bio']['f1'])} | "
             f"{_f(gold['f1'])} ({_f(gold['precision'])}/{_f(gold['recall'])}) | "
             f"{_f(e2e['f1'])} ({_f(e2e['precision'])}/{_f(e2e['recall'])}) | {_f(test['re_rule_end_to_end']['f1'])} |")

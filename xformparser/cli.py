@@ -46,6 +46,9 @@ def _add_train_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
     parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of layout/image/SER/RE parts")
+    parser.add_argument("--frozen-layers", type=int, default=0,
+                        help="freeze the encoder's embeddings and bottom N layers (their outputs are cached): "
+                             "much faster on CPU; 0 fine-tunes the whole encoder")
     parser.add_argument("--window-size", type=int, default=512)
     parser.add_argument("--window-overlap", type=int, default=128)
     parser.add_argument("--key-labels", help="comma-separated link-head labels (default: question/key)")
@@ -95,7 +98,8 @@ def run_train(args) -> int:
     model_options = {"use_image_branch": args.image_branch, "use_bilstm": not args.no_bilstm,
                      "use_label_embedding": not args.no_label_embedding,
                      "use_geometric_features": not args.no_geometric_features,
-                     "window_size": args.window_size, "window_overlap": args.window_overlap}
+                     "window_size": args.window_size, "window_overlap": args.window_overlap,
+                     "frozen_layers": args.frozen_layers}
     options = TrainingOptions(
         train_path=_resolve_data_path(args.train, args.data_root), eval_path=_resolve_data_path(args.eval, args.data_root),
         output_dir=args.output, backbone=args.backbone, data_format=args.format, tuner=args.tuner,

@@ -78,3 +78,12 @@ def test_evaluate_reports_a_missing_model_dir(tmp_path, capsys):
     data = write_funsd_folder(tmp_path / "data", count=1)
     assert main(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(data)]) == 2
     assert "not an xformparser model directory" in capsys.readouterr().err
+
+
+def test_frozen_layers_option_reaches_the_saved_config(tiny_encoder_dir, tmp_path, capsys):
+    train = write_funsd_folder(tmp_path / "train", count=2, seed=0)
+    dev = write_funsd_folder(tmp_path / "dev", count=1, seed=100)
+    output = tmp_path / "model"
+    assert main(_train_args(train, dev, output, "--backbone", tiny_encoder_dir, "--epochs", "1",
+                            "--frozen-layers", "1")) == 0
+    assert json.loads((output / "config.json").read_text())["frozen_layers"] == 1
