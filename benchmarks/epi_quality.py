@@ -406,7 +406,8 @@ def write_report(args, profile, report, out_dir):
     for r in report["runs"]:
         forgetting = f"{r['mean_forgetting']:+.3f}" if r["mean_forgetting"] is not None else "n/a"
         lines.append(f"| {r['schedule']} | {r['method']} | "
-                     + " | ".join(f"{r['final_accuracy'][t]:.3f} ({r['final_greedy_accuracy'][t]:.2f})" for t in tasks)
+                     + " | ".join(f"{r['final_accuracy'][t]:.3f} ({r['final_greedy_accuracy'][t]:.2f})"
+                                  if r.get("final_greedy_accuracy") else f"{r['final_accuracy'][t]:.3f} (n/a)" for t in tasks)
                      + f" | {r['mean_accuracy']:.3f} | {forgetting} | {r['probe_nll']:.3f} | {r['train_seconds']:.0f} |")
     lines += ["", "Forgetting (sequential only) = accuracy right after the task's own stage minus final accuracy, "
               "averaged over the tasks before the last one; positive = forgotten.", "",
@@ -418,11 +419,13 @@ def write_report(args, profile, report, out_dir):
             lines.append(f"- {r['method']}: {stages}")
     lines += ["", "Predicted-label shares at the end (a collapsed classifier shows up here):", ""]
     for r in report["runs"]:
+        if not r.get("final_predicted_share"):
+            continue
         lines.append(f"- {r['schedule']}/{r['method']}: " + "; ".join(
             f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["final_predicted_share"][t].items()) for t in tasks))
     lines += ["", "Protected fraction of the trainable units at the end (union over tensors):", ""]
     for r in report["runs"]:
-        if r["protected_fraction"]:
+        if r.get("protected_fraction"):
             lines.append(f"- {r['schedule']}/{r['method']}: "
                          + ", ".join(f"{t} {v:.3f}" for t, v in r["protected_fraction"].items()))
     lines += ["", f"Noise: one seed, {n_eval} eval examples per task (one example = {1 / n_eval:.3f}; the binomial "

@@ -96,7 +96,7 @@ def _f(value) -> str:
 def render_markdown(payload: dict) -> str:
     lines = ["# xformparser on FUNSD (test set, 50 forms)", "",
              f"Command: `{payload['command']}`  ",
-             *[f"Run in parallel (same protocol, merged): `{command}`  " for command in payload.get("merged_commands", [])],
+             *[f"Merged run (same protocol, separate process): `{command}`  " for command in payload.get("merged_commands", [])],
              f"Machine: {payload['machine']}  ",
              f"Protocol: {payload['protocol']}", "",
              "## Rule baselines (gold entities, gold labels; no training)", "",

@@ -28,11 +28,13 @@ def section(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def run_cli(*args: str) -> None:
-    """Run one of the toolkit's console scripts as a user would, failing the demo if it fails."""
+def run_cli(*args: str, quiet: bool = False) -> None:
+    """Run one of the toolkit's console scripts as a user would, failing the demo if it fails.
+
+    ``quiet`` hides the command's standard output (e.g. a long JSON report the demo summarises)."""
     command = [str(BIN / args[0]), *args[1:]]
     print("$ " + " ".join([args[0], *args[1:]]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL if quiet else None)
 
 
 def offline_models_self_check() -> None:
@@ -118,10 +120,10 @@ def parse_forms(data_root: Path, output: Path) -> None:
     funsd = data_root / "funsd"
     # A CPU-sized run: the text encoder is frozen and cached; layout embeddings, SER and RE heads train.
     run_cli("xformparser", "train", "--train", str(funsd / "training_data"), "--backbone", "minilm-l6",
-            "--frozen-layers", "6", "--max-steps", "150", "--batch-size", "2", "--output", str(output))
+            "--frozen-layers", "6", "--max-steps", "80", "--batch-size", "2", "--output", str(output))
     report = output.with_suffix(".eval.json")
     run_cli("xformparser", "evaluate", "--model", str(output), "--data", str(funsd / "testing_data"),
-            "--output", str(report))
+            "--output", str(report), quiet=True)
     metrics = json.loads(report.read_text())
     print(f"FUNSD test: SER micro-F1 {metrics['ser']['micro']['f1']:.3f}, "
           f"RE F1 with gold labels {metrics['re_gold_labels']['f1']:.3f}, "
