@@ -120,7 +120,7 @@ def parse_forms(data_root: Path, output: Path) -> None:
     funsd = data_root / "funsd"
     # A CPU-sized run: the text encoder is frozen and cached; layout embeddings, SER and RE heads train.
     run_cli("xformparser", "train", "--train", str(funsd / "training_data"), "--backbone", "minilm-l6",
-            "--frozen-layers", "6", "--max-steps", "80", "--batch-size", "2", "--output", str(output))
+            "--frozen-layers", "6", "--max-steps", "80", "--batch-size", "2", "--output", str(output), quiet=True)
     report = output.with_suffix(".eval.json")
     run_cli("xformparser", "evaluate", "--model", str(output), "--data", str(funsd / "testing_data"),
             "--output", str(report), quiet=True)

@@ -290,3 +290,18 @@ def test_taylor_saliency_and_protocol_errors():
     with pytest.raises(RuntimeError, match="does not match"):
         isolator.before_step("a")
         isolator.after_step("b")
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from sft_core.epi.drift import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o644
+    assert (tmp_path / "result.json").read_text() == "{}"
