@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sft_core.epi import EPIConfig, attach_epi  # noqa: E402
-from sft_core.epi.drift import atomic_write_text  # noqa: E402
+from sft_core.atomic_io import atomic_write_text  # noqa: E402
 
 TASKS = ("task_a", "task_b")
 

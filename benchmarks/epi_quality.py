@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sft_core.epi import EPIConfig, attach_epi  # noqa: E402
-from sft_core.epi.drift import atomic_write_text  # noqa: E402
+from sft_core.atomic_io import atomic_write_text  # noqa: E402
 from sft_core.sft_data import CausalLMCollator, tokenize_messages  # noqa: E402
 
 SYSTEM = "Answer with the label only."

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 
 from xformparser.evaluation import FormParser, rule_baseline  # noqa: E402
 from xformparser.formats import load_documents  # noqa: E402
-from xformparser.training import TrainingOptions, atomic_write_json, train_parser  # noqa: E402
+from sft_core.atomic_io import atomic_write_json  # noqa: E402
+from xformparser.training import TrainingOptions, train_parser  # noqa: E402
 
 DEV_DOCUMENTS = 15
 

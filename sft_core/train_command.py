@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sft_core.epi import DRIFT_LOG_NAME, EPIConfig
-from sft_core.epi.drift import atomic_write_text
+from sft_core.atomic_io import atomic_write_text
 from sft_core.sft_data import CausalLMCollator, SFTDataError, SFTDataset, read_sft_jsonl
 
 RUN_SUMMARY_NAME = "train_summary.json"

@@ -19,13 +19,14 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 from tqdm.auto import tqdm
+
+from sft_core.atomic_io import atomic_write_bytes
 
 
 class FeatureBranch:
@@ -345,17 +346,7 @@ class FeatureCache:
     def save(self) -> None:
         if not self.path or not self.dirty:
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(self.vectors, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(self.path, safetensors_bytes(self.vectors))
         self.dirty = False
 
 

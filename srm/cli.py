@@ -6,23 +6,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+
+from sft_core.atomic_io import atomic_write_text
 
 DATA_ROOT_ENV = "SFTKIT_DATA_ROOT"
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load_scorer(args):
@@ -160,7 +147,7 @@ def cmd_score(args) -> int:
         lines.append(json.dumps({"index": index, **result}, ensure_ascii=False))
     text = "\n".join(lines) + ("\n" if lines else "")
     if args.output:
-        _atomic_write_text(args.output, text)
+        atomic_write_text(args.output, text)
     else:
         sys.stdout.write(text)
     print(f"srm score: {len(records) - len(errors)} scored, {len(errors)} failed", file=sys.stderr)
@@ -191,7 +178,7 @@ def cmd_evaluate(args) -> int:
     metrics["skipped_records"] = errors
     text = json.dumps(metrics, indent=2) + "\n"
     if args.output:
-        _atomic_write_text(args.output, text)
+        atomic_write_text(args.output, text)
     sys.stdout.write(text)
     if errors:
         print(f"srm evaluate: {len(errors)} bad records skipped:", file=sys.stderr)

@@ -119,7 +119,7 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from .evaluation import FormParser
-    from .training import atomic_write_json
+    from sft_core.atomic_io import atomic_write_json
 
     parser = FormParser.from_pretrained(args.model, batch_size=args.batch_size, rule_above_cost=args.rule_above_cost)
     documents = load_documents(_resolve_data_path(args.data, args.data_root), args.format)

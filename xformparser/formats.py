@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from sft_core.atomic_io import atomic_write_text
 
 DEFAULT_KEY_LABELS = ("question", "key")
 DEFAULT_VALUE_LABELS = ("answer", "value")
@@ -369,19 +370,6 @@ def load_documents(path, data_format: str = "auto", errors: list | None = None, 
 
 
 # -------------------------------------------------------------------------------------------- writers
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
 def _links_of(document: Document, entity_id: int) -> list[list[int]]:
     return [[a, b] for a, b in document.links if entity_id in (a, b)]
 
@@ -403,7 +391,7 @@ def write_funsd(documents: list[Document], output) -> None:
     folder = Path(output) / "annotations"
     for document in documents:
         form = [_entity_record(document, entity) for entity in document.entities]
-        _atomic_write_text(folder / f"{document.doc_id}.json", json.dumps({"form": form}, ensure_ascii=False))
+        atomic_write_text(folder / f"{document.doc_id}.json", json.dumps({"form": form}, ensure_ascii=False))
 
 
 def write_xfund(documents: list[Document], output, language: str | None = None) -> None:
@@ -416,7 +404,7 @@ def write_xfund(documents: list[Document], output, language: str | None = None) 
             "document": [_entity_record(document, entity) for entity in document.entities],
             "img": {"fname": image_name, "width": document.width, "height": document.height},
         })
-    _atomic_write_text(Path(output), json.dumps(payload, ensure_ascii=False))
+    atomic_write_text(Path(output), json.dumps(payload, ensure_ascii=False))
 
 
 def write_indformsft(documents: list[Document], output) -> None:
@@ -429,7 +417,7 @@ def write_indformsft(documents: list[Document], output) -> None:
                 "img": {"fname": os.path.basename(document.image_path or f"{document.doc_id}.png"),
                         "width": document.width, "height": document.height},
             }, ensure_ascii=False))
-        _atomic_write_text(Path(output), "\n".join(lines) + "\n")
+        atomic_write_text(Path(output), "\n".join(lines) + "\n")
     else:
         write_xfund(documents, output)
 
@@ -440,7 +428,7 @@ def write_paddle_kie(documents: list[Document], output) -> None:
         image_name = os.path.basename(document.image_path) if document.image_path else f"{document.doc_id}.png"
         records = [_entity_record(document, entity, paddle=True) for entity in document.entities]
         lines.append(f"{image_name}\t{json.dumps(records, ensure_ascii=False)}")
-    _atomic_write_text(Path(output), "\n".join(lines) + "\n")
+    atomic_write_text(Path(output), "\n".join(lines) + "\n")
 
 
 WRITERS = {"funsd": write_funsd, "xfund": write_xfund, "indformsft": write_indformsft, "paddle-kie": write_paddle_kie}

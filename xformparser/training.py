@@ -12,10 +12,7 @@ task and both losses are summed in every step.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from sft_core.atomic_io import atomic_write_json
 from sft_core.epi import EPIConfig
 from sft_core.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
@@ -126,20 +124,6 @@ class XFormParserTrainer(MultiTaskTrainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-
-def atomic_write_json(path, payload) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, ensure_ascii=False)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def role_labels(labels: list[str], requested, defaults) -> list[str]:

@@ -24,7 +24,9 @@ import torch
 from safetensors.torch import load_file, save as safetensors_bytes
 
 from .config import EPIConfig
-from .drift import DriftLog, atomic_write_bytes, atomic_write_text
+from sft_core.atomic_io import atomic_write_bytes, atomic_write_text
+
+from .drift import DriftLog
 from .masks import pack_bits, top_k_mask, unit_mask_to_param_shape, unpack_bits, units_of
 
 logger = logging.getLogger("sft_core.epi")

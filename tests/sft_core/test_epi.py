@@ -296,7 +296,7 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     import os
     import stat
 
-    from sft_core.epi.drift import atomic_write_text
+    from sft_core.atomic_io import atomic_write_text
 
     previous = os.umask(0o022)
     try:
