@@ -153,3 +153,54 @@ def test_callback_alone_isolates_a_plain_trainer(tmp_path):
 def test_arguments_reject_unknown_schedule(tmp_path):
     with pytest.raises(ValueError, match="task_schedule"):
         MultiTaskTrainingArguments(output_dir=str(tmp_path), task_schedule="random")
+
+
+def test_checkpoints_end_with_a_marker_and_resume_skips_an_incomplete_newest_one(tmp_path, capsys):
+    from sft_core.checkpoints import COMPLETE_MARKER, is_complete_checkpoint
+
+    trainer = make_trainer(tmp_path, EPI, max_steps=4, save_steps=2)
+    trainer.train()
+    for name in ("checkpoint-2", "checkpoint-4"):
+        assert is_complete_checkpoint(tmp_path / name)
+        # the marker lists the EPI state too: it was written after the EPI callback's on_save
+        assert "epi_state.safetensors" in (tmp_path / name / COMPLETE_MARKER).read_text()
+    # a kill while checkpoint-4 was written: the marker (written last) is missing
+    (tmp_path / "checkpoint-4" / COMPLETE_MARKER).unlink()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").unlink()
+    resumed = make_trainer(tmp_path, EPI, max_steps=4, save_steps=2)
+    resumed.train(resume_from_checkpoint=True)
+    assert "skipping incomplete checkpoint" in capsys.readouterr().err
+    assert resumed.isolator.step_count == 4 and len(resumed.calls) == 2 * 2  # steps 3 and 4 only, 2 micro-batches
+    assert is_complete_checkpoint(tmp_path / "checkpoint-4")  # rewritten from scratch, then marked
+
+
+def test_save_total_limit_counts_complete_checkpoints_only(tmp_path):
+    trainer = make_trainer(tmp_path, None, max_steps=4, save_steps=1)
+    trainer.args.save_total_limit = 2
+    stale = tmp_path / "checkpoint-9"
+    stale.mkdir(parents=True)  # an incomplete leftover newer than anything this run writes: left alone
+    trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4", "checkpoint-9"]
+
+
+def test_resuming_an_isolating_run_from_a_checkpoint_without_epi_state_is_a_clear_error(tmp_path):
+    from sft_core.cli_errors import UserError
+
+    make_trainer(tmp_path, None, max_steps=2, save_steps=2).train()
+    with pytest.raises(UserError, match=r"checkpoint-2: this is a tuner=epi run but the checkpoint holds no EPI state"):
+        make_trainer(tmp_path, EPI, max_steps=4, save_steps=2).train(resume_from_checkpoint=True)
+    with pytest.raises(UserError, match="holds no complete checkpoint"):
+        make_trainer(tmp_path / "empty", EPI).train(resume_from_checkpoint=True)
+
+
+def test_tuner_argument_selects_the_method_and_must_agree_with_epi_config(tmp_path):
+    model, tokenizer = tiny_causal_lm()
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path), tuner="static", report_to=[], use_cpu=True)
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset=tiny_dataset(tokenizer, per_task=2),
+                               data_collator=CausalLMCollator(tokenizer.pad_token_id))
+    assert trainer.tuner == "static" and trainer.epi_config.method == "static"
+    with pytest.raises(ValueError, match="disagrees"):
+        MultiTaskTrainer(model=model, args=args, train_dataset=tiny_dataset(tokenizer, per_task=2),
+                         data_collator=CausalLMCollator(tokenizer.pad_token_id), epi_config=EPIConfig(method="epi"))
+    with pytest.raises(ValueError, match="tuner='lora'"):
+        MultiTaskTrainingArguments(output_dir=str(tmp_path), tuner="lora")
