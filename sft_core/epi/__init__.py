@@ -12,7 +12,8 @@ transformers: ``sft_core.trainer.MultiTaskTrainer(..., epi_config=EPIConfig(...)
 
 from .config import EPIConfig
 from .drift import DRIFT_LOG_NAME, DriftLog, plot_drift, read_drift_log
-from .isolator import ParameterIsolator, TaskIsolationState, attach_epi, has_saved_state
+from .isolator import ParameterIsolator, TaskIsolationState, attach_epi
+from .state_io import has_saved_state
 
 
 

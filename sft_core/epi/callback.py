@@ -11,7 +11,8 @@ from transformers import TrainerCallback
 
 from .config import EPIConfig
 from .drift import DRIFT_LOG_NAME
-from .isolator import ParameterIsolator, has_saved_state
+from .isolator import ParameterIsolator
+from .state_io import has_saved_state
 
 logger = logging.getLogger("sft_core.epi")
 

@@ -37,6 +37,36 @@ class DriftLog:
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
+def unchanged_drift(param_names: list[str], state) -> dict[str, dict]:
+    """Per-tensor drift stats of a refresh that left the task's mask as it was (static, random, absent)."""
+    per_tensor = {}
+    appeared = state.changed_since_record
+    for name, count in zip(param_names, state.protected_counts):
+        per_tensor[name] = {"protected": count, "added": count if appeared else 0, "released": 0,
+                            "intersection": 0 if appeared else count, "union": count,
+                            "jaccard": 0.0 if appeared and count else 1.0}
+    state.changed_since_record = False
+    return per_tensor
+
+
+def drift_record(state, per_tensor: dict[str, dict], *, step: int, refresh: int, method: str,
+                 total_units: int) -> dict:
+    """One JSONL line: totals over tensors plus the per-tensor Jaccard / protected / added / released."""
+    union = sum(t["union"] for t in per_tensor.values())
+    intersection = sum(t["intersection"] for t in per_tensor.values())
+    protected = sum(t["protected"] for t in per_tensor.values())
+    return {
+        "step": step, "refresh": refresh, "task": state.name, "method": method, "task_steps": state.steps,
+        "protected": protected, "protected_fraction": protected / total_units,
+        "added": sum(t["added"] for t in per_tensor.values()),
+        "released": sum(t["released"] for t in per_tensor.values()),
+        "jaccard": 1.0 if union == 0 else intersection / union,
+        "replays": state.replays,
+        "tensors": {name: {k: t[k] for k in ("jaccard", "protected", "added", "released")}
+                    for name, t in per_tensor.items()},
+    }
+
+
 def read_drift_log(path: str | os.PathLike) -> list[dict]:
     records = []
     with open(path, encoding="utf-8") as handle:
