@@ -81,10 +81,16 @@ def _add_convert_parser(subparsers) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xformparser", description="Layout-aware form parser: entity labels (SER) "
                                      "and key -> value links (RE).")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,convert}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,convert,synth,parse}")
     _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
     _add_convert_parser(subparsers)
+    from .synth_command import register as register_synth  # synthetic forms: xformparser/synth_command.py
+
+    register_synth(subparsers)
+    from .parse_command import register as register_parse  # images / PDFs -> key-value JSON: parse_command.py
+
+    register_parse(subparsers)
     return parser
 
 
@@ -143,7 +149,20 @@ def run_convert(args) -> int:
     return 1 if errors or not documents else 0
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "convert": run_convert}
+def run_synth(args) -> int:
+    from .synth_command import run
+
+    return run(args)
+
+
+def run_parse(args) -> int:
+    from .parse_command import run
+
+    return run(args)
+
+
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "convert": run_convert, "synth": run_synth,
+            "parse": run_parse}
 
 
 def main(argv: list[str] | None = None) -> int:
