@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sft_core.cli_errors import UserError, run_cli
+
 
 def _add_models_command(subcommands) -> None:
     parser = subcommands.add_parser(
         "models", help="list the offline model aliases, whether each is ready, its size and path",
         description="List the offline model aliases (minilm-l6, me5-small, smollm2-135m). "
                     "Converted models are built once into $SFTKIT_CACHE (default ~/.cache/sftkit).")
-    parser.add_argument("--prepare", action="store_true", help="convert every alias that is not ready yet")
+    parser.add_argument("--prepare", action="store_true",
+                        help="convert every alias that is not ready yet, and rebuild any whose files fail the check")
+    parser.add_argument("--verify", action="store_true",
+                        help="also check the sha256 of every converted file against its completion marker "
+                             "(the cheap size check always runs)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     def run(args):
@@ -23,42 +29,16 @@ def _add_models_command(subcommands) -> None:
 
 
 def _add_train_command(subcommands) -> None:
-    from sft_core.epi.config import GRANULARITIES, METHODS, OVERLAP_RULES, SALIENCIES
-    from sft_core.tasks import SCHEDULES
+    from sft_core.train_command import add_train_arguments
 
     parser = subcommands.add_parser(
         "train", help="multi-task SFT of a causal LM with EPI, static isolation or full fine-tuning",
-        description="Fine-tune a causal LM on TRL-format JSONL files ({'prompt','completion'} or {'messages'}; "
-                    "task from a 'task' field or the file name). Loss on completions only, chat template applied. "
-                    "Writes a Hugging Face model directory plus epi_state.{safetensors,json} and epi_drift.jsonl.")
-    parser.add_argument("--model", required=True, help="alias (smollm2-135m), local HF directory or hub id")
-    parser.add_argument("--data", action="append", required=True, metavar="FILE.jsonl", help="repeatable")
-    parser.add_argument("--output", required=True, help="run directory (checkpoints, final model, EPI state)")
-    parser.add_argument("--method", choices=METHODS, default="epi")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="mixed")
-    parser.add_argument("--task-proportions", default=None, metavar="TASK=W,...", help="e.g. sst2=2,gsm8k=1")
-    parser.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides --epochs)")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-steps", type=int, default=200)
-    parser.add_argument("--logging-steps", type=int, default=10)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    epi = parser.add_argument_group("isolation (EPIConfig)")
-    epi.add_argument("--isolation-ratio", type=float, default=0.1)
-    epi.add_argument("--update-interval", type=int, default=50)
-    epi.add_argument("--warmup-steps", type=int, default=50)
-    epi.add_argument("--release-patience", type=int, default=2)
-    epi.add_argument("--saliency", choices=SALIENCIES, default="fisher")
-    epi.add_argument("--ema-decay", type=float, default=0.9)
-    epi.add_argument("--granularity", choices=GRANULARITIES, default="element")
-    epi.add_argument("--probe-steps", type=int, default=50)
-    epi.add_argument("--overlap", choices=OVERLAP_RULES, default="share")
+        description="Fine-tune a causal LM on TRL-format JSONL/JSON files ({'prompt','completion'} or {'messages'}), "
+                    "or on any JSONL/JSON/TSV/CSV table through --text-field/--prompt-template and --label-field. "
+                    "Loss on completions only, chat template applied. Writes a Hugging Face model directory plus "
+                    "epi_state.{safetensors,json} and epi_drift.jsonl; progress and logs on stderr, a JSON summary "
+                    "on stdout. Checkpoints end with a completion marker; see --resume.")
+    add_train_arguments(parser)
 
     def run(args):
         from sft_core.train_command import train_command
@@ -80,9 +60,8 @@ def _add_drift_plot_command(subcommands) -> None:
 
         try:
             path = plot_drift(args.run_dir, args.out)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        except ValueError as error:  # an unreadable drift log: the message names the file
+            raise UserError(str(error)) from None
         print(path)
         return 0
 
@@ -101,17 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
-    try:
-        return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return int(args.handler(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every subcommand runs through run_cli: a user error is one ``error: ...`` line and exit code 2."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

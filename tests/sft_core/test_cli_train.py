@@ -88,3 +88,61 @@ def test_bad_records_give_one_clear_error_with_file_and_line(tiny_model_dir, tmp
 def test_drift_plot_without_a_log_fails_cleanly(tmp_path, capsys):
     assert main(["drift-plot", str(tmp_path)]) == 2
     assert "no drift log" in capsys.readouterr().err
+
+
+def test_tables_and_json_lists_through_a_column_mapping(tiny_model_dir, tmp_path):
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f'the "movie" {i} is good\t{i % 2}\n' for i in range(6)))
+    (tmp_path / "news.tsv").write_text("".join(f"world news {i}\tWorld\n" for i in range(6)))  # no header row
+    (tmp_path / "code.json").write_text(json.dumps(
+        [{"instruction": f"sum {i}", "input": "one two", "output": "3"} for i in range(4)]))
+    output = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--output", str(output), "--tuner", "full",
+            "--data", str(tmp_path / "sst2" / "train.tsv"), "--text-field", "sentence", "--label-field", "label",
+            "--label-map", "0=negative,1=positive", "--max-records", "4", "--max-steps", "2", "--batch-size", "2",
+            "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((output / "train_summary.json").read_text())
+    assert summary["tasks"] == {"sst2": 4} and summary["tuner"] == "full"
+    assert main(["train", "--model", str(tiny_model_dir), "--output", str(tmp_path / "run2"),
+                 "--data", f"topics={tmp_path / 'news.tsv'}", "--data", str(tmp_path / "code.json"),
+                 "--columns", "text,label", "--prompt-template", "{instruction}{text}\\n{input}",
+                 "--label-field", "output", "--max-steps", "1", "--no-progress"]) == 2  # news has no 'output'
+    from sft_core.sft_data import ColumnMapping, read_sft_file
+
+    code = read_sft_file(tmp_path / "code.json", ColumnMapping(label_field="output",
+                                                             prompt_template="{instruction}\\n{input}"))
+    assert code[0]["messages"] == [{"role": "user", "content": "sum 0\none two"},
+                                   {"role": "assistant", "content": "3"}]
+    assert code[0]["task"] == "code" and code[0]["source"] == f"{tmp_path / 'code.json'}:1"
+    news = read_sft_file(f"topics={tmp_path / 'news.tsv'}", ColumnMapping(text_field="text", label_field="label",
+                                                                        columns=("text", "label")))
+    assert {r["task"] for r in news} == {"topics"} and news[0]["messages"][1]["content"] == "World"
+    assert news[0]["source"].endswith("news.tsv:1")
+
+
+def test_epi_config_flags_are_generated_from_the_dataclass():
+    import dataclasses
+
+    from sft_core.cli import build_parser
+    from sft_core.epi import EPIConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--model", "m", "--data", "d.jsonl", "--output", "o"])
+    for field in dataclasses.fields(EPIConfig):
+        if field.name != "method":
+            assert getattr(args, field.name) == field.default, field.name  # EPIConfig's own default, every field
+    assert args.tuner == "epi" and args.save_total_limit == 2 and args.resume == "never"
+    legacy = parser.parse_args(["train", "--model", "m", "--data", "d.jsonl", "--output", "o", "--method", "static"])
+    assert legacy.tuner == "static"
+
+
+def test_demo_readme_example_data_reads_as_two_tasks():
+    from pathlib import Path
+
+    from sft_core.sft_data import read_sft_file
+
+    demo = Path(__file__).resolve().parents[2] / "data" / "demo" / "sft"
+    tasks = {r["task"] for name in ("capitals.jsonl", "arithmetic.jsonl") for r in read_sft_file(demo / name)}
+    assert tasks == {"capitals", "arithmetic"}
