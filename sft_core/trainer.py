@@ -74,6 +74,31 @@ def resolve_epi_config(tuner: str | None, epi_config: EPIConfig | None) -> EPICo
     return epi_config
 
 
+_EXIT_HOOK_REGISTERED = False
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Under torch.distributed, make sure the default process group is destroyed before the interpreter
+    finalizes. Left alive, gloo's C++ worker threads can still hold work objects whose tensors reference
+    Python objects; freeing them during finalization needs the GIL and aborts the process ("terminate
+    called without an active exception", SIGABRT) on some exits and not others. An explicit
+    ``torch.distributed.destroy_process_group()`` at the end of a script does the same earlier; this hook
+    is then a no-op."""
+    global _EXIT_HOOK_REGISTERED
+    import torch.distributed as dist
+
+    if _EXIT_HOOK_REGISTERED or not (dist.is_available() and dist.is_initialized()):
+        return
+    import atexit
+
+    def destroy() -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(destroy)
+    _EXIT_HOOK_REGISTERED = True
+
+
 class _CheckpointCompletion(TrainerCallback):
     """Runs after every other ``on_save`` callback (EPI state included): marks the checkpoint complete,
     then rotates old checkpoints, so a kill at any moment leaves at least one complete checkpoint."""
@@ -105,6 +130,7 @@ class MultiTaskTrainer(Trainer):
                                             drift_log_path=Path(self.args.output_dir) / DRIFT_LOG_NAME)
             self.add_callback(self.epi_callback)
         self.add_callback(_CheckpointCompletion(self))  # last: the marker follows every other file
+        _destroy_process_group_at_exit()
 
     @property
     def tuner(self) -> str:
