@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_command(subcommands)
     _add_train_command(subcommands)
     _add_drift_plot_command(subcommands)
+    from sft_core.ilp.commands import register as register_ilp_commands
+
+    register_ilp_commands(subcommands)  # diagnose, mitigate
     return parser
 
 

@@ -68,6 +68,9 @@ class TrainOptions:
         "help": "keep this many newest complete checkpoints (0 keeps all; a smollm2 checkpoint is ~2 GB)"})
     logging_steps: int = field(default=10, metadata={"help": "log every N optimizer steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (stderr)"})
+    record_dynamics: int = field(default=0, metadata={
+        "metavar": "N", "help": "record every sample's loss/correctness every N steps into OUTPUT/ilp_dynamics.* "
+                                "for `sft-core diagnose --run` (0: off)"})
 
 
 def parse_key_values(text: str | None, flag: str, convert=str) -> dict | None:
@@ -175,6 +178,11 @@ def train_command(args: argparse.Namespace) -> int:
         trainer = MultiTaskTrainer(model=model, args=training_args, train_dataset=dataset,
                                    data_collator=CausalLMCollator(tokenizer.pad_token_id),
                                    processing_class=tokenizer, epi_config=epi_config)
+        if args.record_dynamics:  # ILP hook: per-sample training dynamics for `sft-core diagnose --run`
+            from sft_core.ilp.dynamics import TrainingDynamicsRecorder
+
+            trainer.add_callback(TrainingDynamicsRecorder(records, tokenizer, every_steps=args.record_dynamics,
+                                                          output_dir=output, max_length=args.max_length))
     except ValueError as error:  # e.g. --task-proportions naming an absent task, bad step counts
         raise UserError(str(error)) from None
     try:

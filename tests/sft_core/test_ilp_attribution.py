@@ -1,0 +1,85 @@
+"""Attribution rules on synthetic evidence: each planted signal pattern maps to its cause."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sft_core.ilp import CAUSES, AttributionConfig, attribute, cause_scores
+
+NAN = np.nan
+# columns: gap, conflict, inconsistency, forgetting, rare pattern, nothing, learned
+SYNTHETIC = {
+    "exact_conflicts":        [0, 0, 1, 0, 0, 0, 0],
+    "neighbour_similarity":   [0.8, 0.8, 1.0, 0.7, 0.6, 0.5, 0.5],
+    "learned_then_lost":      [0, 0, 0, 1, 0, 0, 0],
+    "last_seen_fraction":     [1.0, 1.0, 1.0, 0.3, 1.0, 1.0, 1.0],
+    "stages_after":           [0, 0, 0, 1, 0, 0, 0],
+    "peak_prob_drop":         [0.0, 0.0, 0.1, 0.6, 0.0, 0.0, 0.0],
+    "base_prob":              [0.001, 0.0005, 0.2, 0.01, 0.02, 0.9, 0.9],
+    "base_alt_margin":        [0.3, 4.0, 0.5, 0.2, 0.4, NAN, NAN],
+    "base_alt_prob":          [0.002, 0.4, 0.1, 0.01, 0.01, NAN, NAN],
+    "pmi":                    [0.1, 0.2, 0.1, 0.0, 2.0, 3.0, 3.0],
+    "density_percentile":     [0.7, 0.8, 0.5, 0.6, 0.1, 0.5, 0.5],
+    "cluster_size":           [40, 40, 30, 10, 5, 30, 30],
+    "target_length_percentile": [0.3, 0.2, 0.1, 0.1, 0.95, 0.5, 0.5],
+    "loss_drop":              [0.05, 0.0, 0.0, -0.2, 0.4, 0.0, 0.0],
+}
+EXPECTED = ["knowledge_gap", "knowledge_conflict", "data_inconsistency", "left_forgetting", "under_optimization",
+            "unexplained", None]
+
+
+def table():
+    return {name: np.array(values, dtype=float) for name, values in SYNTHETIC.items()}
+
+
+def test_each_synthetic_pattern_gets_its_cause():
+    unlearned = np.array([True] * 6 + [False])
+    results = attribute(table(), unlearned)
+    assert [r.primary if r else None for r in results] == EXPECTED
+    assert results[-1] is None
+    for result in results[:5]:
+        assert 0 < result.confidence <= 1
+        assert set(result.scores) == set(CAUSES)
+    # evidence names the signals behind the verdict
+    assert results[1].evidence["base_alt_margin"] == pytest.approx(4.0)
+    assert results[3].evidence["learned_then_lost"] == 1.0
+
+
+def test_missing_signals_do_not_vote():
+    scores = cause_scores({"exact_conflicts": np.array([0.0, 2.0])})
+    assert scores["data_inconsistency"].tolist() == [0.0, 1.0]
+    assert scores["left_forgetting"].tolist() == [0.0, 0.0]  # no dynamics -> no forgetting claim
+    assert scores["knowledge_conflict"].tolist() == [0.0, 0.0]
+
+
+def test_forgetting_needs_early_last_seen():
+    evidence = table()
+    evidence["stages_after"][3] = 0
+    evidence["last_seen_fraction"][3] = 0.95  # still trained at the end: not left-side forgetting
+    result = attribute(evidence, np.ones(7, dtype=bool))[3]
+    assert result.primary != "left_forgetting"
+    assert result.scores["left_forgetting"] == pytest.approx(0.3)
+
+
+def test_thresholds_come_from_the_config(tmp_path):
+    config_path = tmp_path / "rules.json"
+    config_path.write_text(json.dumps({"conflict_margin_nats": 5.0}))
+    config = AttributionConfig.from_json(config_path)
+    assert config.conflict_margin_nats == 5.0 and config.neighbour_similarity == AttributionConfig().neighbour_similarity
+    results = attribute(table(), np.ones(7, dtype=bool), config)
+    assert results[1].primary != "knowledge_conflict"  # margin 4.0 < 5.0 now
+    config_path.write_text(json.dumps({"conflict_margn": 1}))
+    with pytest.raises(ValueError, match="conflict_margn"):
+        AttributionConfig.from_json(config_path)
+
+
+def test_secondary_causes_and_near_tie_confidence():
+    evidence = table()
+    evidence["exact_conflicts"][1] = 1  # the counterfactual is also duplicated with another target
+    result = attribute(evidence, np.ones(7, dtype=bool))[1]
+    assert result.primary == "data_inconsistency"
+    assert "knowledge_conflict" in result.secondary
+    assert result.confidence < result.scores["data_inconsistency"]
