@@ -112,12 +112,15 @@ def epi_config_from_args(args: argparse.Namespace) -> EPIConfig:
         raise UserError(message) from None
 
 
-def _load_pretrained(model_name: str, model_dir: str):
+def _load_pretrained(model_name: str):
+    """Tokenizer + causal LM; a converted alias that fails to load is hash-checked and rebuilt once."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sft_core.hub import load_with_repair
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        tokenizer, model = load_with_repair(model_name, lambda path: (AutoTokenizer.from_pretrained(path),
+                                                                      AutoModelForCausalLM.from_pretrained(path)))
     except (OSError, ValueError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         reason = "the model hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline \
@@ -159,7 +162,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     from sft_core.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
-    tokenizer, model = _load_pretrained(args.model, model_dir)
+    tokenizer, model = _load_pretrained(args.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = SFTDataset(records, tokenizer, max_length=args.max_length)

@@ -40,7 +40,10 @@ WORKER = textwrap.dedent('''
                                       ddp_backend="gloo", save_strategy="no")
     trainer = Recording(model=model, args=args, train_dataset=SFTDataset(records, tokenizer, 48),
                         data_collator=CausalLMCollator(tokenizer.pad_token_id),
-                        epi_config=EPIConfig(warmup_steps=2, update_interval=2, sync_masks_across_ranks=False))
+                        epi_config=EPIConfig(warmup_steps=2, update_interval=2, sync_masks_across_ranks=False,
+                                             # replayed importance is computed per rank on its own buffer, so
+                                             # identity without the broadcast holds only without replay
+                                             replay_batches=0))
     trainer.train()
     rank = int(os.environ["RANK"])
     tensors = {f"mask/{task}/{i}": mask for task, state in trainer.isolator.tasks.items()
