@@ -1,35 +1,33 @@
-"""EPI quality: per-task accuracy, forgetting and a general-ability probe for full / static / epi.
+"""EPI quality: forgetting (sequential schedule) and interference (mixed schedule) for full fine-tuning,
+static isolation, EPI and a random-mask control, through `MultiTaskTrainer` (the entry point users call).
 
-    python benchmarks/epi_quality.py --profile small            # CPU, ~20-25 min on a shared 2-core machine
-    python benchmarks/epi_quality.py --profile full             # GPU
+    python benchmarks/epi_quality.py --profile fast            # minilm-l6, 3 seeds, CPU
 
-Tasks (from --data-root/sft, see its README): SST-2 sentiment (train: phrase-level train.tsv, eval:
-test.tsv), AG News topic (train: a seeded sample of dev.tsv, eval: test.tsv) and, in `full`, LogiQA
-4-way multiple choice (train Eval.txt, eval Test.txt). Train and eval samples are label-balanced.
-Every label is one token, and classification is scored by constrained choice: the label whose
-completion (its single token) has the highest log-likelihood after the chat prompt wins (one forward
-pass per prompt, only the last position's logits). As a by-product, "greedy" counts an example as
-correct only when the label token is also the argmax over the whole vocabulary (the first token of an
-unconstrained greedy answer).
+Profile `fast`: minilm-l6 (all 6 blocks and embeddings trainable) with one linear classification head
+per task on mean-pooled token states. Tasks (from --data-root/sft): SST-2 sentiment (train: phrase-level
+train.tsv, sentences of >= 6 words; eval: test.tsv), and AG News split into two binary topic tasks with
+disjoint labels: `agnews_wb` (World vs Business) and `agnews_ss` (Sports vs Sci/Tech), trained on a seeded
+sample of dev.tsv and evaluated on test.tsv. All samples are label-balanced; every task has exactly
+`steps_per_task` batches of training data, so a sequential run's stage boundaries fall at multiples of
+`steps_per_task` (a TrainerCallback evaluates there).
 
-Every run starts from the same smollm2-135m weights and sees the same batches (label-balanced,
-task-homogeneous, seeded); schedules: `sequential` (task after task, evaluated after each stage:
-forgetting = accuracy right after the task's own stage - final accuracy) and `mixed` (the same batches,
-task-homogeneous steps interleaved in a seeded order). In `sequential`, nothing is protected while
-the first task trains (no other task has a mask yet), so the first stage is bit-identical for all
-methods; it is trained once, with every method's isolator observing the same gradients (asserted: no
-isolator saves or zeroes anything there), and each method continues from a copy of the weights and
-optimizer state. General-ability probe: completion-only NLL (nats/token) on held-out CodeAlpaca
-instructions before and after training (retention = lower increase).
+Per run and task: accuracy, ROC AUC of the head's logit margin (threshold-free: separates a shifted
+decision threshold from lost ranking), forgetting (sequential: right after the task's own stage minus
+final, for accuracy and AUC), the general-ability probe NLL (in-batch retrieval cross-entropy of
+CodeAlpaca instruction -> its own output among the probe's pairs, cosine / 0.05, the sentence encoder's
+own kind of objective; its rise from the base model = lost general ability), the mask overlap between
+tasks (|A and B| / min(|A|, |B|)), the fraction of a task's mask units whose value changed while later
+tasks trained (sequential), and wall time. Paired differences between methods use the same seed (same
+data, head initialisation and batch order); 95% t-intervals over seeds.
 Writes docs/results/epi_quality.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
+import math
 import os
 import platform
 import random
@@ -42,50 +40,35 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sft_core.epi import EPIConfig, attach_epi  # noqa: E402
 from sft_core.atomic_io import atomic_write_text  # noqa: E402
-from sft_core.sft_data import CausalLMCollator, tokenize_messages  # noqa: E402
+from sft_core.epi import EPIConfig  # noqa: E402
+from sft_core.nn_utils import mean_pool  # noqa: E402
 
-SYSTEM = "Answer with the label only."
+METHODS = ("full", "static", "epi", "random")
 PROFILES = {
-    # small: sized for a shared 2-core CPU (a 135M step costs seconds): two single-token-label tasks,
-    # short prompts, the last 6 transformer blocks trainable, label-balanced batches of 8.
-    "small": dict(tasks=("sst2", "agnews"), train_per_task=160, eval_per_task=64, steps_per_task=20,
-                  batch_size=8, lr=3e-4, max_length=96, probe_examples=16, probe_max_length=128,
-                  train_last_layers=6, text_words=30,
-                  isolation_ratio=0.2, warmup_steps=4, update_interval=4, probe_steps=8, release_patience=2),
-    "full": dict(tasks=("sst2", "agnews", "logiqa"), train_per_task=4800, eval_per_task=500, steps_per_task=300,
-                 batch_size=16, lr=5e-5, max_length=512, probe_examples=200, probe_max_length=512,
-                 train_last_layers=0, text_words=200,
-                 isolation_ratio=0.1, warmup_steps=20, update_interval=20, probe_steps=50, release_patience=2),
+    # sized for 2 CPU cores shared by ~7 jobs: word embeddings and the lowest 2 of 6 blocks frozen (the
+    # backward stops at block 2), short inputs, small batches
+    "fast": dict(model="minilm-l6", tasks=("sst2", "agnews_wb", "agnews_ss"), steps_per_task=24, batch_size=8,
+                 lr=2e-4, max_length=32, eval_per_task=200, probe_pairs=100, seeds=(0, 1, 2), frozen_blocks=2,
+                 ratios=(0.1, 0.2, 0.5), summary_ratio=0.2, warmup_steps=8, update_interval=8, probe_steps=8,
+                 release_patience=2, replay_batches=2),
 }
-METHODS = ("full", "static", "epi")
-# AG News "Sci/Tech" is three tokens; "Technology" is one (scoring compares single label tokens).
-AGNEWS_LABELS = {"World": "World", "Sports": "Sports", "Business": "Business", "Sci/Tech": "Technology"}
+AGNEWS_TASKS = {"agnews_wb": ("World", "Business"), "agnews_ss": ("Sports", "Sci/Tech")}
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def words(text: str, limit: int) -> str:
-    parts = text.split()
-    return " ".join(parts[:limit]) + (" ..." if len(parts) > limit else "")
-
-
-def example(task, prompt, label):
-    return {"task": task, "label": label, "messages": [{"role": "system", "content": SYSTEM},
-                                                      {"role": "user", "content": prompt},
-                                                      {"role": "assistant", "content": label}]}
-
-
+# ---------------------------------------------------------------------------------------------- data
 def read_tsv(path, header: bool):
     with open(path, encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     return rows[1:] if header else rows
 
 
-def balanced_sample(rng, items, label_of, n):
-    """n items with the labels as equal as possible (label order sorted, seeded), shuffled."""
+def balanced_sample(rng, rows, n):
+    """n (text, label) rows, labels as equal as possible, shuffled."""
     by_label = {}
-    for item in items:
-        by_label.setdefault(label_of(item), []).append(item)
+    for text, label in rows:
+        by_label.setdefault(label, []).append((text, label))
     labels = sorted(by_label)
     chosen = []
     for i, label in enumerate(labels):
@@ -94,435 +77,500 @@ def balanced_sample(rng, items, label_of, n):
     return chosen
 
 
-def load_sst2(root, rng, n_train, n_eval, profile):
-    def make(sentence, label):
-        prompt = f"Is the sentiment of this review positive or negative?\nReview: {words(sentence.strip(), profile['text_words'])}"
-        return example("sst2", prompt, "positive" if label.strip() == "1" else "negative")
-
-    train = [r for r in read_tsv(root / "sst2" / "train.tsv", True) if len(r) == 2 and len(r[0].split()) >= 6]
-    evaluation = [r for r in read_tsv(root / "sst2" / "test.tsv", True) if len(r) == 2]
-    return ([make(*r) for r in balanced_sample(rng, train, lambda r: r[1].strip(), n_train)],
-            [make(*r) for r in balanced_sample(rng, evaluation, lambda r: r[1].strip(), n_eval)])
-
-
-def load_agnews(root, rng, n_train, n_eval, profile):
-    def make(text, label):
-        prompt = (f"Topic of this news article: World, Sports, Business or Technology?\n"
-                  f"Article: {words(text, profile['text_words'])}")
-        return example("agnews", prompt, AGNEWS_LABELS[label.strip()])
-
-    dev = [r for r in read_tsv(root / "agnews" / "dev.tsv", False) if len(r) == 2]
-    test = [r for r in read_tsv(root / "agnews" / "test.tsv", False) if len(r) == 2]
-    return ([make(*r) for r in balanced_sample(rng, dev, lambda r: r[1].strip(), n_train)],
-            [make(*r) for r in balanced_sample(rng, test, lambda r: r[1].strip(), n_eval)])
-
-
-def parse_logiqa(path):
-    blocks = [b.strip().split("\n") for b in Path(path).read_text(encoding="utf-8").split("\n\n") if b.strip()]
-    questions = []
-    for lines in blocks:
-        if len(lines) >= 7 and lines[0].strip() in "abcd":
-            questions.append({"answer": lines[0].strip().upper(), "context": lines[1], "question": lines[2],
-                              "options": [line.strip() for line in lines[3:7]]})
-    return questions
+def load_tasks(root: Path, tasks, n_train: int, n_eval: int, seed: int):
+    """task -> (train rows, eval rows, label names); rows are (text, label index)."""
+    rng = random.Random(seed)
+    out = {}
+    for task in tasks:
+        if task == "sst2":
+            train = [(r[0], r[1].strip()) for r in read_tsv(root / "sst2" / "train.tsv", True)
+                     if len(r) == 2 and len(r[0].split()) >= 6]
+            test = [(r[0], r[1].strip()) for r in read_tsv(root / "sst2" / "test.tsv", True) if len(r) == 2]
+            names = ["0", "1"]
+        else:
+            names = list(AGNEWS_TASKS[task])
+            train = [(r[0], r[1].strip()) for r in read_tsv(root / "agnews" / "dev.tsv", False)
+                     if len(r) == 2 and r[1].strip() in names]
+            test = [(r[0], r[1].strip()) for r in read_tsv(root / "agnews" / "test.tsv", False)
+                    if len(r) == 2 and r[1].strip() in names]
+        index = {name: i for i, name in enumerate(names)}
+        out[task] = ([(t, index[y]) for t, y in balanced_sample(rng, train, n_train)],
+                     [(t, index[y]) for t, y in balanced_sample(rng, test, n_eval)],
+                     ["negative", "positive"] if task == "sst2" else names)
+    return out
 
 
-def load_logiqa(root, rng, n_train, n_eval, profile):
-    def make(q):
-        context = words(q["context"], 2 * profile["text_words"])
-        options = "\n".join(f"{letter}. {words(option, profile['text_words'] // 2)}"
-                            for letter, option in zip("ABCD", q["options"]))
-        prompt = f"{context}\n{q['question']}\n{options}\nAnswer with A, B, C or D."
-        return example("logiqa", prompt, q["answer"])
-
-    def answer(q):
-        return q["answer"]
-
-    return ([make(q) for q in balanced_sample(rng, parse_logiqa(root / "logiqa" / "Eval.txt"), answer, n_train)],
-            [make(q) for q in balanced_sample(rng, parse_logiqa(root / "logiqa" / "Test.txt"), answer, n_eval)])
-
-
-def load_probe(root, rng, n):
+def load_probe_pairs(root: Path, n: int, seed: int):
     records = json.loads((root / "codealpaca" / "code_alpaca_2k.json").read_text(encoding="utf-8"))
-    chosen = rng.sample(records, n)
-    return [[{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r["input"] else "")},
-             {"role": "assistant", "content": r["output"]}] for r in chosen]
+    chosen = random.Random(seed + 7).sample(records, n)
+    return [(r["instruction"] + (" " + r["input"] if r["input"] else ""), r["output"]) for r in chosen]
 
 
-LOADERS = {"sst2": load_sst2, "agnews": load_agnews, "logiqa": load_logiqa}
+# ---------------------------------------------------------------------------------------------- model
+class MultiHeadClassifier(torch.nn.Module):
+    """Sentence encoder + one linear head per task; a batch is one task (``task_id``, same in every row)."""
+
+    def __init__(self, encoder, tasks, num_labels, seed: int):
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = list(tasks)
+        generator = torch.Generator().manual_seed(seed)
+        self.heads = torch.nn.ModuleDict()
+        hidden = encoder.config.hidden_size
+        for task in self.tasks:
+            head = torch.nn.Linear(hidden, num_labels[task])
+            with torch.no_grad():
+                head.weight.normal_(0.0, 0.02, generator=generator)
+                head.bias.zero_()
+            self.heads[task] = head
+
+    def embed(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask)
+
+    def forward(self, input_ids, attention_mask, task_id, labels=None):
+        task = self.tasks[int(task_id[0])]
+        logits = self.heads[task](self.embed(input_ids, attention_mask))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+        return out
 
 
-def label_token(tokenizer, label: str) -> int:
-    ids = tokenizer(label, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"label {label!r} is {len(ids)} tokens; constrained-choice scoring needs single-token labels")
-    return ids[0]
+class Collate:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
+        longest = max(len(i["input_ids"]) for i in items)
+        input_ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, item in enumerate(items):
+            input_ids[row, :len(item["input_ids"])] = torch.tensor(item["input_ids"])
+            attention_mask[row, :len(item["input_ids"])] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "labels": torch.tensor([i["labels"] for i in items]),
+                "task_id": torch.tensor([i["task_id"] for i in items])}
+
+
+def encode(tokenizer, texts, max_length):
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def roc_auc(scores, labels) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
 
 
 @torch.no_grad()
-def accuracy(model, tokenizer, examples, batch_size=16):
-    """-> (constrained-choice accuracy, greedy-first-token accuracy, share of each predicted label)."""
+def evaluate_task(model, collate, eval_items, batch_size=64):
+    was_training = model.training
     model.eval()
-    labels = sorted({e["label"] for e in examples})
-    candidates = torch.tensor([label_token(tokenizer, label) for label in labels])
-    prompts = [tokenizer(tokenizer.apply_chat_template(e["messages"][:-1], tokenize=False, add_generation_prompt=True),
-                         add_special_tokens=False)["input_ids"] for e in examples]
-    order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
-    correct = greedy = 0
-    predicted = {label: 0 for label in labels}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        longest = max(len(prompts[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), longest), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-        for row, i in enumerate(chunk):  # left padding: the last position is every prompt's last token
-            input_ids[row, longest - len(prompts[i]):] = torch.tensor(prompts[i])
-            attention_mask[row, longest - len(prompts[i]):] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       logits_to_keep=1).logits[:, -1].float()
-        choice = logits[:, candidates].argmax(dim=-1)
-        top = logits.argmax(dim=-1)
-        for row, i in enumerate(chunk):
-            gold = labels.index(examples[i]["label"])
-            correct += int(choice[row]) == gold
-            greedy += int(top[row]) == int(candidates[gold])
-            predicted[labels[int(choice[row])]] += 1
-    model.train()
-    n = len(examples)
-    return {"acc": correct / n, "greedy": greedy / n, "predicted": {k: v / n for k, v in predicted.items()}}
+    margins, labels, correct = [], [], 0
+    for start in range(0, len(eval_items), batch_size):
+        batch = collate(eval_items[start:start + batch_size])
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["task_id"])["logits"].float()
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        margins += (logits[:, 1] - logits[:, 0]).tolist()
+        labels += batch["labels"].tolist()
+    model.train(was_training)
+    positive_share = sum(m > 0 for m in margins) / len(margins)
+    return {"acc": correct / len(eval_items), "auc": roc_auc(margins, labels), "predicted_positive": positive_share}
 
 
 @torch.no_grad()
-def probe_nll(model, tokenizer, conversations, max_length, batch_size=8):
+def probe_nll(model, tokenizer, pairs, max_length, batch_size=50, temperature=0.05):
+    """Mean cross-entropy of retrieving each instruction's own output among all probe outputs."""
+    was_training = model.training
     model.eval()
-    collate = CausalLMCollator(tokenizer.pad_token_id)
-    total, tokens = 0.0, 0
-    for start in range(0, len(conversations), batch_size):
-        batch = collate([tokenize_messages(c, tokenizer, max_length) for c in conversations[start:start + batch_size]])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                                   ignore_index=-100, reduction="sum").item()
-        tokens += int((labels != -100).sum())
-    model.train()
-    return total / tokens
+
+    def embed(texts):
+        vectors = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length,
+                            padding=True, return_tensors="pt")
+            vectors.append(torch.nn.functional.normalize(model.embed(enc["input_ids"], enc["attention_mask"]), dim=-1))
+        return torch.cat(vectors)
+
+    queries, documents = embed([q for q, _ in pairs]), embed([d for _, d in pairs])
+    logits = queries @ documents.T / temperature
+    model.train(was_training)
+    return float(torch.nn.functional.cross_entropy(logits, torch.arange(len(pairs))))
 
 
-def freeze_all_but_last_layers(model, n_layers):
-    for param in model.parameters():
-        param.requires_grad_(n_layers <= 0)
-    if n_layers <= 0:
-        return
-    for layer in model.model.layers[-n_layers:]:
-        for param in layer.parameters():
-            param.requires_grad_(True)
-    for param in model.model.norm.parameters():
-        param.requires_grad_(True)
+def mean_ci(values):
+    values = [v for v in values if v is not None]
+    n = len(values)
+    if n == 0:
+        return None, [None, None]
+    mean = sum(values) / n
+    if n == 1:
+        return mean, [None, None]
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T_95.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return mean, [mean - half, mean + half]
 
 
-def make_batches(train, profile, seed):
-    """Per task, steps_per_task label-balanced batches (each label equally often per batch as far as the
-    batch size allows, examples reused only after the task's pool is exhausted); seeded."""
-    rng = random.Random(seed + 1)
-    batches = {}
-    for task, items in train.items():
-        by_label = {}
-        for index, item in enumerate(items):
-            by_label.setdefault(item["label"], []).append(index)
-        labels = sorted(by_label)
-        pools = {label: [] for label in labels}
-        task_batches = []
-        for step in range(profile["steps_per_task"]):
-            batch = []
-            for slot in range(profile["batch_size"]):
-                label = labels[(slot + step * profile["batch_size"]) % len(labels)]
-                if not pools[label]:
-                    pools[label] = rng.sample(by_label[label], len(by_label[label]))
-                batch.append(pools[label].pop())
-            rng.shuffle(batch)
-            task_batches.append((task, batch))
-        batches[task] = task_batches
-    return batches
+# ---------------------------------------------------------------------------------------------- one run
+class StageCallback:
+    """At each stage boundary (sequential) evaluate the tasks seen so far, snapshot the finished task's mask
+    and weights, and measure how much of earlier tasks' masks moved since their stage ended."""
+
+    def __new__(cls, *args, **kwargs):  # a TrainerCallback subclass created lazily (transformers import)
+        from transformers import TrainerCallback
+
+        class _StageCallback(TrainerCallback):
+            def __init__(self, bench, schedule):
+                self.bench, self.schedule = bench, schedule
+                self.trainer = None
+                self.stages, self.snapshots, self.moved = {}, {}, {}
+                self.eval_seconds = 0.0
+
+            def on_step_end(self, args, state, control, **kwargs):
+                bench = self.bench
+                if self.schedule != "sequential" or state.global_step % bench.steps_per_task:
+                    return
+                stage = state.global_step // bench.steps_per_task
+                task = bench.tasks[stage - 1]
+                started = time.time()
+                self.stages[task] = {t: evaluate_task(bench.model, bench.collate, bench.eval_items[t])
+                                     for t in bench.tasks[:stage]}
+                self.eval_seconds += time.time() - started
+                isolator = self.trainer.isolator
+                if isolator is not None and isolator.tasks.get(task) is not None:
+                    named = dict(zip(isolator.param_names, isolator.params))
+                    self.snapshots[task] = {n: (isolator.mask(task, n).expand_as(p).clone(), p.detach().clone())
+                                            for n, p in named.items() if isolator.mask(task, n).any()}
+
+        return _StageCallback(*args, **kwargs)
 
 
-def schedule_batches(batches, tasks, schedule, seed):
-    if schedule == "sequential":
-        return [b for task in tasks for b in batches[task]]
-    order = [task for task in tasks for _ in batches[task]]
-    random.Random(seed + 2).shuffle(order)
-    cursor = {task: 0 for task in tasks}
-    mixed = []
-    for task in order:
-        mixed.append(batches[task][cursor[task]])
-        cursor[task] += 1
-    return mixed
+class Bench:
+    def __init__(self, profile, data, tokenizer, seed):
+        self.tasks = list(profile["tasks"])
+        self.steps_per_task = profile["steps_per_task"]
+        self.collate = Collate(tokenizer.pad_token_id)
+        self.eval_items, self.train_items = {}, []
+        for task_id, task in enumerate(self.tasks):
+            train, evaluation, _ = data[task]
+            ids = encode(tokenizer, [t for t, _ in train], profile["max_length"])
+            self.train_items += [{"input_ids": i, "labels": y, "task_id": task_id, "task": task}
+                                 for i, (_, y) in zip(ids, train)]
+            ids = encode(tokenizer, [t for t, _ in evaluation], profile["max_length"])
+            self.eval_items[task] = [{"input_ids": i, "labels": y, "task_id": task_id}
+                                     for i, (_, y) in zip(ids, evaluation)]
+        self.model = None
 
 
-def make_config(method, profile):
-    return EPIConfig(method=method, isolation_ratio=profile["isolation_ratio"], warmup_steps=profile["warmup_steps"],
+def freeze_lower(model, blocks: int) -> None:
+    """Word embeddings and the lowest ``blocks`` transformer blocks stay fixed (profile budget)."""
+    encoder = model.encoder
+    encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    if blocks > 0:
+        for module in [encoder.embeddings, *encoder.encoder.layer[:blocks]]:
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+
+def epi_config(method, ratio, profile):
+    # "epi-spec": EPI ranking task-specificity instead of raw importance (selection.py)
+    selection = "specificity" if method == "epi-spec" else "importance"
+    return EPIConfig(method=method.replace("-spec", ""), selection_score=selection, isolation_ratio=ratio, warmup_steps=profile["warmup_steps"],
                      update_interval=profile["update_interval"], probe_steps=profile["probe_steps"],
-                     release_patience=profile["release_patience"])
+                     release_patience=profile["release_patience"], replay_batches=profile["replay_batches"])
 
 
-def train_steps(model, optimizer, isolators, batches, encoded, collate, losses):
-    """One optimizer step per batch; several isolators only while none of them protects anything."""
-    for task, indices in batches:
-        loss = model(**collate([encoded[task][i] for i in indices])).loss
-        loss.backward()
-        for isolator in isolators:
-            isolator.before_step(task)
-        if len(isolators) > 1 and any(isolator._saved is not None for isolator in isolators):
-            raise RuntimeError("shared steps are only exact while no isolator protects anything")
-        optimizer.step()
-        for isolator in isolators:
-            isolator.after_step(task)
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 4))
+def run_one(method, ratio, schedule, seed, profile, bench, base_state, make_model, tokenizer, probe_pairs, work_dir):
+    from sft_core.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
-
-def protected_fraction(isolator):
-    if isolator.config.method == "full":
-        return None
-    return {t: sum(s.protected_counts) / sum(isolator.units) for t, s in isolator.tasks.items()}
-
-
-def evaluate(model, tokenizer, evaluation, tasks):
-    return {t: accuracy(model, tokenizer, evaluation[t]) for t in tasks}
-
-
-def summarise(method, schedule, steps, seconds, final, stages, losses, isolator, model, tokenizer, probe, profile):
-    tasks = list(profile["tasks"])
-    forgetting = ({t: stages[t][t]["acc"] - final[t]["acc"] for t in tasks[:-1]} if schedule == "sequential" else None)
-    result = {"method": method, "schedule": schedule, "steps": steps, "train_seconds": round(seconds, 1),
-              "final_accuracy": {t: final[t]["acc"] for t in tasks},
-              "final_greedy_accuracy": {t: final[t]["greedy"] for t in tasks},
-              "final_predicted_share": {t: final[t]["predicted"] for t in tasks},
-              "mean_accuracy": sum(final[t]["acc"] for t in tasks) / len(tasks),
-              "stages": {s: {t: a["acc"] for t, a in acc.items()} for s, acc in stages.items()},
-              "forgetting": forgetting,
-              "mean_forgetting": sum(forgetting.values()) / len(forgetting) if forgetting else None,
-              "probe_nll": probe_nll(model, tokenizer, probe, profile["probe_max_length"]),
-              "losses": losses, "protected_fraction": protected_fraction(isolator)}
-    print(f"[{method}/{schedule}] final {result['final_accuracy']} probe NLL {result['probe_nll']:.3f} "
-          f"({seconds:.0f}s train+eval)", flush=True)
-    return result
-
-
-def trainable_state(model):
-    return [p.detach().clone() for p in model.parameters() if p.requires_grad]
-
-
-def restore_trainable(model, state):
-    with torch.no_grad():
-        for p, saved in zip([p for p in model.parameters() if p.requires_grad], state):
-            p.copy_(saved)
-
-
-def run_sequential(methods, profile, base_state, model, tokenizer, batches, encoded, evaluation, probe):
-    """First stage trained once (bit-identical for every method, see the module docstring), later stages
-    per method from a copy of the weights and optimizer state."""
-    tasks = list(profile["tasks"])
+    torch.manual_seed(seed)
+    model = make_model()
     model.load_state_dict(base_state)
-    freeze_all_but_last_layers(model, profile["train_last_layers"])
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile["lr"], weight_decay=0.0)
-    collate = CausalLMCollator(tokenizer.pad_token_id)
-    isolators = {m: attach_epi(model, optimizer, make_config(m, profile)) for m in methods}
-    started, shared_losses = time.time(), []
-    train_steps(model, optimizer, list(isolators.values()), batches[tasks[0]], encoded, collate, shared_losses)
-    first = {tasks[0]: evaluate(model, tokenizer, evaluation, tasks[:1])}
-    shared_seconds = time.time() - started
-    print(f"  [sequential] after shared stage {tasks[0]} ({shared_seconds:.0f}s): "
-          f"{ {t: a['acc'] for t, a in first[tasks[0]].items()} }", flush=True)
-    weights, optimizer_state = trainable_state(model), copy.deepcopy(optimizer.state_dict())
-    results = []
-    for method in methods:
-        started = time.time()
-        restore_trainable(model, weights)
-        optimizer.load_state_dict(copy.deepcopy(optimizer_state))
-        isolator, stages, losses = isolators[method], dict(first), list(shared_losses)
-        for i, task in enumerate(tasks[1:], start=1):
-            train_steps(model, optimizer, [isolator], batches[task], encoded, collate, losses)
-            stages[task] = evaluate(model, tokenizer, evaluation, tasks[:i + 1])
-            print(f"  [{method}/sequential] after stage {task}: "
-                  f"{ {t: a['acc'] for t, a in stages[task].items()} }", flush=True)
-        results.append(summarise(method, "sequential", len(losses), shared_seconds + time.time() - started,
-                                 stages[tasks[-1]], stages, losses, isolator, model, tokenizer, probe, profile))
-    return results
+    freeze_lower(model, profile["frozen_blocks"])
+    bench.model = model
+    args = MultiTaskTrainingArguments(
+        output_dir=str(work_dir / f"{schedule}-{method}-{ratio}-{seed}"), task_schedule=schedule,
+        task_proportions={t: 1.0 for t in bench.tasks}, per_device_train_batch_size=profile["batch_size"],
+        learning_rate=profile["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_steps=len(bench.tasks) * bench.steps_per_task, save_strategy="no", logging_steps=10_000,
+        report_to=[], use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=True,
+        remove_unused_columns=False)
+    callback = StageCallback(bench, schedule)
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset=bench.train_items, data_collator=bench.collate,
+                               epi_config=epi_config(method, ratio, profile), callbacks=[callback])
+    callback.trainer = trainer
+    started = time.time()
+    trainer.train()
+    train_seconds = time.time() - started - callback.eval_seconds
+    if schedule == "sequential":  # the last stage's evaluation is the final one
+        final = callback.stages[bench.tasks[-1]]
+    else:
+        final = {t: evaluate_task(model, bench.collate, bench.eval_items[t]) for t in bench.tasks}
+    record = {"method": method, "ratio": None if method == "full" else ratio, "schedule": schedule, "seed": seed,
+              "steps": trainer.state.global_step, "train_seconds": round(train_seconds, 1),
+              "final": final, "mean_accuracy": sum(final[t]["acc"] for t in bench.tasks) / len(bench.tasks),
+              "mean_auc": sum(final[t]["auc"] for t in bench.tasks) / len(bench.tasks),
+              "probe_nll": probe_nll(model, tokenizer, probe_pairs, profile["max_length"])}
+    if schedule == "sequential":
+        earlier = bench.tasks[:-1]
+        record["stages"] = callback.stages
+        record["forgetting"] = {t: callback.stages[t][t]["acc"] - final[t]["acc"] for t in earlier}
+        record["forgetting_auc"] = {t: callback.stages[t][t]["auc"] - final[t]["auc"] for t in earlier}
+        record["mean_forgetting"] = sum(record["forgetting"].values()) / len(earlier)
+        record["mean_forgetting_auc"] = sum(record["forgetting_auc"].values()) / len(earlier)
+        moved = {}
+        for task, snapshot in callback.snapshots.items():
+            if task == bench.tasks[-1]:
+                continue
+            named = dict(model.named_parameters())
+            changed = total = 0
+            for name, (mask, before) in snapshot.items():
+                param = named[name].detach()
+                changed += int((param[mask] != before[mask]).sum())
+                total += int(mask.sum())
+            moved[task] = changed / max(1, total)
+        record["mask_moved_fraction"] = moved or None
+    isolator = trainer.isolator
+    if isolator is not None:
+        pairs = [(a, b) for i, a in enumerate(bench.tasks) for b in bench.tasks[i + 1:]
+                 if isolator.tasks.get(a) and isolator.tasks.get(b) and isolator.tasks[a].has_mask
+                 and isolator.tasks[b].has_mask]
+        record["mask_overlap"] = {f"{a}|{b}": round(isolator.mask_overlap(a, b)["overlap"], 4) for a, b in pairs}
+        record["protected_fraction"] = {t: sum(s.protected_counts) / sum(isolator.units)
+                                        for t, s in isolator.tasks.items()}
+        record["replays"] = {t: s.replays for t, s in isolator.tasks.items()}
+        nbytes = isolator.state_nbytes()
+        record["epi_state_bytes_per_param_task"] = nbytes["persistent_total"] / sum(isolator.units) / len(isolator.tasks)
+        isolator.close()
+    print(f"[{schedule}/{method}/r={ratio}/seed {seed}] acc " + " ".join(f"{t} {final[t]['acc']:.3f}" for t in bench.tasks)
+          + (f" forgetting {record['mean_forgetting']:+.3f}" if schedule == "sequential" else "")
+          + f" probe {record['probe_nll']:.3f} ({train_seconds:.0f}s)", file=sys.stderr, flush=True)
+    return record
 
 
-def run_mixed(method, profile, base_state, model, tokenizer, batches, encoded, evaluation, probe, seed):
+# ---------------------------------------------------------------------------------------------- report
+def variant(record):
+    return record["method"] if record["method"] == "full" else f"{record['method']}@{record['ratio']}"
+
+
+def aggregate(report, profile):
+    runs, base = report["runs"], report["base"]
     tasks = list(profile["tasks"])
-    model.load_state_dict(base_state)
-    freeze_all_but_last_layers(model, profile["train_last_layers"])
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile["lr"], weight_decay=0.0)
-    isolator = attach_epi(model, optimizer, make_config(method, profile))
-    started, losses = time.time(), []
-    schedule = schedule_batches(batches, tasks, "mixed", seed)
-    train_steps(model, optimizer, [isolator], schedule, encoded, CausalLMCollator(tokenizer.pad_token_id), losses)
-    final = evaluate(model, tokenizer, evaluation, tasks)
-    return summarise(method, "mixed", len(losses), time.time() - started, final, {}, losses, isolator, model,
-                     tokenizer, probe, profile)
+    by = {}
+    for r in runs:
+        by.setdefault((r["schedule"], variant(r)), {})[r["seed"]] = r
+    table = []
+    for (schedule, name), seeds in sorted(by.items()):
+        rows = list(seeds.values())
+        baseline = by.get((schedule, "full"), {})
+        entry = {"schedule": schedule, "variant": name, "seeds": sorted(seeds)}
+        for key, getter in {
+            "mean_accuracy": lambda r: r["mean_accuracy"], "mean_auc": lambda r: r["mean_auc"],
+            "forgetting": lambda r: r.get("mean_forgetting"), "forgetting_auc": lambda r: r.get("mean_forgetting_auc"),
+            "probe_nll_rise": lambda r: r["probe_nll"] - base[r["seed"]]["probe_nll"],
+            "train_seconds": lambda r: r["train_seconds"],
+        }.items():
+            mean, ci = mean_ci([getter(r) for r in rows])
+            entry[key], entry[key + "_ci"] = mean, ci
+        for task in tasks:
+            entry[f"acc/{task}"] = mean_ci([r["final"][task]["acc"] for r in rows])[0]
+            entry[f"auc/{task}"] = mean_ci([r["final"][task]["auc"] for r in rows])[0]
+        overlaps = [sum(r["mask_overlap"].values()) / len(r["mask_overlap"]) for r in rows if r.get("mask_overlap")]
+        entry["mask_overlap"] = mean_ci(overlaps)[0]
+        moved = [sum(r["mask_moved_fraction"].values()) / len(r["mask_moved_fraction"])
+                 for r in rows if r.get("mask_moved_fraction")]
+        entry["mask_moved_fraction"] = mean_ci(moved)[0]
+        # paired differences against full fine-tuning (same seed)
+        for key, getter in {"accuracy": lambda r: r["mean_accuracy"], "forgetting": lambda r: r.get("mean_forgetting")}.items():
+            diffs = [getter(r) - getter(baseline[s]) for s, r in seeds.items()
+                     if s in baseline and getter(r) is not None and name != "full"]
+            entry[f"paired_{key}_vs_full"], entry[f"paired_{key}_vs_full_ci"] = mean_ci(diffs)
+        table.append(entry)
+    # EPI against its controls at the same ratio (paired by seed)
+    contrasts = []
+    for schedule in sorted({s for s, _ in by}):
+        for ratio in profile["ratios"]:
+            epi = by.get((schedule, f"epi@{ratio}"), {})
+            for other in (f"static@{ratio}", f"random@{ratio}", "full"):
+                control = by.get((schedule, other), {})
+                for key, getter in {"accuracy": lambda r: r["mean_accuracy"], "auc": lambda r: r["mean_auc"],
+                                    "forgetting": lambda r: r.get("mean_forgetting")}.items():
+                    diffs = [getter(epi[s]) - getter(control[s]) for s in epi if s in control
+                             and getter(epi[s]) is not None]
+                    if diffs:
+                        mean, ci = mean_ci(diffs)
+                        contrasts.append({"schedule": schedule, "ratio": ratio, "epi_minus": other, "metric": key,
+                                          "mean": mean, "ci": ci, "n": len(diffs)})
+    ratio = profile["summary_ratio"]
+
+    def pick(method, schedule):
+        return by.get((schedule, method if method == "full" else f"{method}@{ratio}"), {})
+
+    summary = {"forgetting": {}, "forgetting_ci": {}, "avg_score": {}, "probe_nll_rise": {},
+               "seeds": len(profile["seeds"]), "steps_per_task": profile["steps_per_task"]}
+    for method in METHODS:
+        sequential, mixed = pick(method, "sequential"), pick(method, "mixed")
+        mean, ci = mean_ci([r["mean_forgetting"] for r in sequential.values()])
+        summary["forgetting"][method], summary["forgetting_ci"][method] = mean, ci
+        both = list(sequential.values()) + list(mixed.values())
+        summary["avg_score"][method] = mean_ci([r["mean_accuracy"] for r in both])[0]
+        summary["probe_nll_rise"][method] = mean_ci([r["probe_nll"] - base[r["seed"]]["probe_nll"] for r in both])[0]
+    return table, contrasts, summary
 
 
-def write_report(args, profile, report, out_dir):
-    atomic_write_text(out_dir / "epi_quality.json", json.dumps(report, indent=2))
-    tasks = profile["tasks"]
-    n_eval = profile["eval_per_task"]
+def fmt(value, digits=3, signed=False):
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_ci(ci, digits=3):
+    return "n/a" if not ci or ci[0] is None else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def write_report(report, profile, out_dir):
+    table, contrasts, summary = aggregate(report, profile)
+    report["table"], report["contrasts"], report["summary"] = table, contrasts, summary
+    atomic_write_text(out_dir / "epi_quality.json", json.dumps(report, indent=1))
+    tasks = list(profile["tasks"])
     base = report["base"]
     lines = ["# EPI quality", "",
-             f"Model `{args.model}`, profile `{args.profile}`, seed {args.seed}. Tasks {', '.join(tasks)}; "
-             f"{profile['steps_per_task']} AdamW steps per task x batch {profile['batch_size']} (label-balanced, "
-             f"task-homogeneous; {profile['train_per_task']} training examples per task), lr {profile['lr']} constant, "
-             f"no weight decay, max length {profile['max_length']} tokens (texts cut to {profile['text_words']} words), "
-             + (f"only the last {profile['train_last_layers']} of 30 transformer blocks (+ final norm) trainable "
-                f"({report['trainable_params'] / 1e6:.1f}M of {report['total_params'] / 1e6:.1f}M parameters). "
-                if profile["train_last_layers"] else f"all {report['trainable_params'] / 1e6:.1f}M parameters trainable. ")
-             + f"Isolation (static, epi): ratio {profile['isolation_ratio']} per tensor, fisher element importance, "
-             f"EMA decay 0.9; epi warmup {profile['warmup_steps']} steps, mask refresh every "
-             f"{profile['update_interval']} steps, release patience {profile['release_patience']}; static mask "
-             f"measured over each task's first {profile['probe_steps']} steps. Every method sees the same batches.", "",
-             f"Eval: {n_eval} held-out, label-balanced examples per task (one example = {1 / n_eval:.3f}; chance = "
-             + ", ".join(f"{t} {1 / len(report['labels'][t]):.2f}" for t in tasks)
-             + "), scored by constrained choice: the label token with the highest log-likelihood after the prompt. "
-             "`greedy` = the label token is also the argmax over the whole vocabulary (first token of a free greedy "
-             f"answer). Probe: completion NLL (nats/token) on {profile['probe_examples']} held-out CodeAlpaca examples "
-             f"(max {profile['probe_max_length']} tokens).", "",
-             f"Command: `{report['command']}`", ""]
-    if not report.get("complete", True):
-        lines += ["**Partial: the run was still going when this was written; only the runs listed below had "
-                  "finished.**", ""]
-    lines += [
-             f"Machine: {report['machine']}; total wall time {report['wall_seconds'] / 60:.1f} min "
-             f"({report['train_steps_run']} optimizer steps run in all).", "",
-             "Base model before training: accuracy " + ", ".join(
-                 f"{t} {base['accuracy'][t]:.3f} (greedy {base['greedy'][t]:.3f})" for t in tasks)
-             + f"; probe NLL {base['probe_nll']:.3f}.", "",
-             "| schedule | method | " + " | ".join(f"{t} acc (greedy)" for t in tasks)
-             + " | mean acc | forgetting | probe NLL (base " f"{base['probe_nll']:.3f}) | train+eval (s) |",
-             "|" + "---|" * (len(tasks) + 6)]
-    for r in report["runs"]:
-        forgetting = f"{r['mean_forgetting']:+.3f}" if r["mean_forgetting"] is not None else "n/a"
-        lines.append(f"| {r['schedule']} | {r['method']} | "
-                     + " | ".join(f"{r['final_accuracy'][t]:.3f} ({r['final_greedy_accuracy'][t]:.2f})"
-                                  if r.get("final_greedy_accuracy") else f"{r['final_accuracy'][t]:.3f} (n/a)" for t in tasks)
-                     + f" | {r['mean_accuracy']:.3f} | {forgetting} | {r['probe_nll']:.3f} | {r['train_seconds']:.0f} |")
-    lines += ["", "Forgetting (sequential only) = accuracy right after the task's own stage minus final accuracy, "
-              "averaged over the tasks before the last one; positive = forgotten.", "",
-              "Per-stage accuracies (sequential; the first stage is shared by all methods):", ""]
-    for r in report["runs"]:
-        if r["schedule"] == "sequential":
-            stages = "; ".join(f"after {s}: " + ", ".join(f"{t} {a:.3f}" for t, a in acc.items())
-                               for s, acc in r["stages"].items())
-            lines.append(f"- {r['method']}: {stages}")
-    lines += ["", "Predicted-label shares at the end (a collapsed classifier shows up here):", ""]
-    for r in report["runs"]:
-        if not r.get("final_predicted_share"):
-            continue
-        lines.append(f"- {r['schedule']}/{r['method']}: " + "; ".join(
-            f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["final_predicted_share"][t].items()) for t in tasks))
-    lines += ["", "Protected fraction of the trainable units at the end (union over tensors):", ""]
-    for r in report["runs"]:
-        if r.get("protected_fraction"):
-            lines.append(f"- {r['schedule']}/{r['method']}: "
-                         + ", ".join(f"{t} {v:.3f}" for t, v in r["protected_fraction"].items()))
-    lines += ["", f"Noise: one seed, {n_eval} eval examples per task (one example = {1 / n_eval:.3f}; the binomial "
-              f"standard error of an accuracy near 0.8 is about {(0.8 * 0.2 / n_eval) ** 0.5:.2f}), "
-              f"{profile['probe_examples']} probe examples. All methods are scored on the same examples, so "
-              "differences between them are paired, but differences of a few examples are noise."]
+             f"Command: `{report['command']}`", "",
+             f"Profile `{report['profile']}`: model `{profile['model']}` + one linear head per task "
+             f"({report['trainable_params'] / 1e6:.1f}M trainable parameters: word embeddings and the lowest "
+             f"{profile['frozen_blocks']} of 6 blocks frozen); tasks {', '.join(tasks)} (label-balanced, "
+             f"binary); {profile['steps_per_task']} AdamW steps per task x batch {profile['batch_size']} "
+             f"(lr {profile['lr']} constant, no weight decay, max {profile['max_length']} tokens), through "
+             f"`MultiTaskTrainer` (`task_schedule` sequential or mixed, the same data and seed for every method). "
+             f"Isolation: ratios {', '.join(map(str, profile['ratios']))} per tensor, fisher importance, EMA 0.9, "
+             f"overlap `freeze`; epi: warmup {profile['warmup_steps']}, refresh every {profile['update_interval']} "
+             f"steps, patience {profile['release_patience']}, replay buffer {profile['replay_batches']} batches per "
+             f"task; static/random: mask from each task's first {profile['probe_steps']} steps.", "",
+             f"Eval: {profile['eval_per_task']} held-out examples per task (chance 0.5). Seeds "
+             f"{', '.join(map(str, profile['seeds']))} (each seed: its own data sample, head init and batch order; "
+             f"methods paired within a seed). Probe: retrieval NLL over {profile['probe_pairs']} CodeAlpaca "
+             "instruction/output pairs (lower = better), reported as the rise from the base model.", "",
+             f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min"
+             + ("" if report.get("complete") else " (**partial: written while the run was going**)") + ".", "",
+             "Base model probe NLL per seed: " + ", ".join(f"{s}: {b['probe_nll']:.3f}" for s, b in base.items()), "",
+             f"## Summary (ratio {profile['summary_ratio']}; forgetting from the sequential schedule, avg score = "
+             "mean final accuracy over tasks and both schedules)", "",
+             "| method | forgetting (95% CI) | avg score | probe NLL rise |", "|---|---|---|---|"]
+    for method in METHODS:
+        lines.append(f"| {method} | {fmt(summary['forgetting'][method], signed=True)} "
+                     f"{fmt_ci(summary['forgetting_ci'][method])} | {fmt(summary['avg_score'][method])} | "
+                     f"{fmt(summary['probe_nll_rise'][method], signed=True)} |")
+    lines += ["", "## All variants (means over seeds)", "",
+              "| schedule | variant | " + " | ".join(f"{t} acc / AUC" for t in tasks)
+              + " | mean acc | forgetting acc (CI) | forgetting AUC | acc vs full (paired CI) | probe NLL rise "
+                "| mask overlap | mask moved | train s |",
+              "|" + "---|" * (len(tasks) + 10)]
+    for e in table:
+        lines.append(f"| {e['schedule']} | {e['variant']} | "
+                     + " | ".join(f"{fmt(e[f'acc/{t}'])} / {fmt(e[f'auc/{t}'])}" for t in tasks)
+                     + f" | {fmt(e['mean_accuracy'])} | {fmt(e['forgetting'], signed=True)} {fmt_ci(e['forgetting_ci'])} "
+                     f"| {fmt(e['forgetting_auc'], signed=True)} | {fmt(e['paired_accuracy_vs_full'], signed=True)} "
+                     f"{fmt_ci(e['paired_accuracy_vs_full_ci'])} | {fmt(e['probe_nll_rise'], signed=True)} "
+                     f"| {fmt(e['mask_overlap'], 2)} | {fmt(e['mask_moved_fraction'], 2)} | {fmt(e['train_seconds'], 0)} |")
+    lines += ["", "Forgetting = accuracy (or AUC) right after the task's own stage minus final, averaged over the "
+              "tasks before the last one. Mask overlap = |A and B| / min(|A|, |B|) averaged over task pairs at the "
+              "end. Mask moved = fraction of a task's mask units (as of the end of its stage) whose value changed "
+              "by the end of training (sequential).", "", "## EPI against its controls (paired by seed, 95% CI)", "",
+              "| schedule | ratio | epi minus | metric | mean | CI | n |", "|---|---|---|---|---|---|---|"]
+    for c in contrasts:
+        lines.append(f"| {c['schedule']} | {c['ratio']} | {c['epi_minus']} | {c['metric']} | "
+                     f"{fmt(c['mean'], signed=True)} | {fmt_ci(c['ci'])} | {c['n']} |")
     atomic_write_text(out_dir / "epi_quality.md", "\n".join(lines) + "\n")
+    return summary
 
 
+# ---------------------------------------------------------------------------------------------- main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, default="small")
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--profile", choices=PROFILES, default="fast")
     parser.add_argument("--data-root", default=os.environ.get("SFTKIT_DATA_ROOT", str(ROOT.parent / "shared" / "datasets")))
     parser.add_argument("--schedules", default="sequential,mixed")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--tasks", default=None, help="comma-separated subset/order of the profile's tasks")
+    parser.add_argument("--ratios", default=None, help="comma-separated isolation ratios (default: the profile's)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--steps-per-task", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--eval-per-task", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--smoke", action="store_true", help="a 1-step-per-task check of the script itself")
+    parser.add_argument("--work-dir", default="/tmp/epi_quality_runs")
+    parser.add_argument("--merge", action="store_true", help="add to the runs already in OUT_DIR/epi_quality.json")
     args = parser.parse_args(argv)
     profile = dict(PROFILES[args.profile])
-    if args.tasks:
-        profile["tasks"] = tuple(args.tasks.split(","))
+    if args.ratios:
+        profile["ratios"] = tuple(float(r) for r in args.ratios.split(","))
+    if args.seeds:
+        profile["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.steps_per_task:
         profile["steps_per_task"] = args.steps_per_task
-    if args.lr:
-        profile["lr"] = args.lr
-    if args.smoke:
-        profile.update(steps_per_task=2, eval_per_task=8, train_per_task=16, probe_examples=2, warmup_steps=1,
-                       update_interval=1, probe_steps=1)
+    if args.eval_per_task:
+        profile["eval_per_task"] = args.eval_per_task
     data_root = Path(args.data_root) / "sft"
     if not data_root.is_dir():
-        parser.error(f"--data-root: {data_root} does not exist (see /work/shared/datasets/sft/README.md)")
+        print(f"error: --data-root: {data_root} does not exist", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.time()
-    from sft_core.hub import load_causal_lm, load_tokenizer
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
 
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model)
-    rng = random.Random(args.seed)
-    tasks = list(profile["tasks"])
-    train, evaluation = {}, {}
-    for task in tasks:
-        train[task], evaluation[task] = LOADERS[task](data_root, rng, profile["train_per_task"],
-                                                      profile["eval_per_task"], profile)
-    probe = load_probe(data_root, rng, profile["probe_examples"])
-    encoded = {t: [tokenize_messages(item["messages"], tokenizer, profile["max_length"]) for item in train[t]]
-               for t in tasks}
-    batches = make_batches(train, profile, args.seed)
-    base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    freeze_all_but_last_layers(model, profile["train_last_layers"])
-    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    base_eval = evaluate(model, tokenizer, evaluation, tasks)
-    base = {"accuracy": {t: a["acc"] for t, a in base_eval.items()},
-            "greedy": {t: a["greedy"] for t, a in base_eval.items()},
-            "predicted_share": {t: a["predicted"] for t, a in base_eval.items()},
-            "probe_nll": probe_nll(model, tokenizer, probe, profile["probe_max_length"])}
-    print(f"base ({time.time() - started:.0f}s): {base}", flush=True)
-    methods = args.methods.split(",")
+    hf_logging.set_verbosity_error()
+    from sft_core.hub import load_encoder, load_tokenizer
+
+    started = time.time()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for schedule in args.schedules.split(","):
-        if schedule == "sequential":
-            runs += run_sequential(methods, profile, base_state, model, tokenizer, batches, encoded, evaluation, probe)
-            write_report(args, profile, make_report(args, profile, model, evaluation, batches, base, runs, started,
-                                                    trainable_params, argv, complete=False), out_dir)
-        else:
-            for m in methods:
-                runs.append(run_mixed(m, profile, base_state, model, tokenizer, batches, encoded, evaluation, probe,
-                                      args.seed))
-                write_report(args, profile, make_report(args, profile, model, evaluation, batches, base, runs, started,
-                                                        trainable_params, argv, complete=False), out_dir)
-    write_report(args, profile, make_report(args, profile, model, evaluation, batches, base, runs, started,
-                                            trainable_params, argv, complete=True), out_dir)
-    print((out_dir / "epi_quality.md").read_text())
+    tokenizer = load_tokenizer(profile["model"])
+    encoder_state = load_encoder(profile["model"]).state_dict()
+    report = {"complete": False, "command": "python benchmarks/epi_quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
+                         f"{args.threads} torch thread(s), torch {torch.__version__}",
+              "profile": args.profile, "profile_settings": profile, "base": {}, "runs": []}
+    if args.merge and (out_dir / "epi_quality.json").is_file():
+        previous = json.loads((out_dir / "epi_quality.json").read_text())
+        report["runs"], report["base"] = previous["runs"], {int(k): v for k, v in previous["base"].items()}
+    done = {(r["schedule"], r["method"], r["ratio"], r["seed"]) for r in report["runs"]}
+    work_dir = Path(args.work_dir)
+    for seed in profile["seeds"]:
+        data = load_tasks(data_root, profile["tasks"], profile["steps_per_task"] * profile["batch_size"],
+                          profile["eval_per_task"], seed)
+        probe_pairs = load_probe_pairs(data_root, profile["probe_pairs"], seed)
+        bench = Bench(profile, data, tokenizer, seed)
 
+        def make_model(seed=seed):
+            encoder = load_encoder(profile["model"])
+            return MultiHeadClassifier(encoder, bench.tasks, {t: len(data[t][2]) for t in bench.tasks}, seed)
 
-def make_report(args, profile, model, evaluation, batches, base, runs, started, trainable_params, argv, complete):
-    tasks = list(profile["tasks"])
-    steps_run = sum((len(tasks) - 1 if r["schedule"] == "sequential" else len(tasks)) * profile["steps_per_task"]
-                    for r in runs) + (profile["steps_per_task"] if any(r["schedule"] == "sequential" for r in runs) else 0)
-    return {"complete": complete,
-            "command": "python benchmarks/epi_quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
-                       f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-            "model": args.model, "profile": args.profile, "profile_settings": profile, "seed": args.seed,
-            "trainable_params": trainable_params, "total_params": sum(p.numel() for p in model.parameters()),
-            "labels": {t: sorted({e["label"] for e in evaluation[t]}) for t in tasks},
-            "mixed_task_order": [t for t, _ in schedule_batches(batches, tasks, "mixed", args.seed)],
-            "base": base, "runs": runs, "train_steps_run": steps_run, "wall_seconds": time.time() - started}
+        base_model = make_model()
+        base_model.encoder.load_state_dict(encoder_state)
+        base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
+        freeze_lower(base_model, profile["frozen_blocks"])
+        report["trainable_params"] = sum(p.numel() for p in base_model.parameters() if p.requires_grad)
+        base_eval = {t: evaluate_task(base_model, bench.collate, bench.eval_items[t]) for t in bench.tasks}
+        report["base"][seed] = {"probe_nll": probe_nll(base_model, tokenizer, probe_pairs, profile["max_length"]),
+                                "head_untrained": base_eval}
+        for schedule in args.schedules.split(","):
+            for method in args.methods.split(","):
+                for ratio in ((None,) if method == "full" else profile["ratios"]):
+                    if (schedule, method, ratio, seed) in done:
+                        continue
+                    record = run_one(method, ratio if ratio is not None else 0.1, schedule, seed, profile, bench,
+                                     base_state, make_model, tokenizer, probe_pairs, work_dir)
+                    record["ratio"] = ratio
+                    report["runs"].append(record)
+                    report["wall_seconds"] = time.time() - started
+                    write_report(report, profile, out_dir)
+    report["complete"] = True
+    report["wall_seconds"] = time.time() - started
+    summary = write_report(report, profile, out_dir)
+    print(json.dumps(summary, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,8 +33,8 @@ class EPIConfig:
         saliency: importance estimator (see ``sft_core.epi.importance``): ``"fisher"`` (g^2) or
             ``"taylor"`` (|g * theta|), computed per element from the (all-reduced) gradient of a step.
         selection_score: what is ranked at a refresh: ``"importance"`` (the task's own EMA) or
-            ``"specificity"`` (the EMA times the task's share of the summed EMAs of all tasks, so units
-            that every task relies on rank lower and the masks of different tasks overlap less).
+            ``"specificity"`` (how much more a unit matters to the task than to the average other task,
+            see ``selection.py``: units every task relies on rank last, so masks overlap less).
         ema_decay: decay of the per-task importance moving average (``ema = d*ema + (1-d)*s``), applied
             once per importance update.
         importance_interval: a task's importance EMA is updated on its 1st, (1+k)th, (1+2k)th... step

@@ -1,15 +1,18 @@
 """Selection scores: what a policy ranks when it picks a task's mask of one tensor.
 
 - ``importance``: the task's own importance EMA.
-- ``specificity``: ``ema_t * ema_t / sum_u ema_u`` (sum over every task that holds an EMA, t included):
-  the task's importance weighted by its share of all tasks' importance. A unit that matters to every
-  task (large gradients everywhere) ranks lower than one that matters to t alone, so the masks of
+- ``specificity``: ``relu(ema_t - mean_{u != t} ema_u) + 1e-3 * ema_t`` over the tasks that hold an
+  EMA: how much more a unit matters to t than to the average other task. A unit every task relies on
+  (large gradients everywhere) scores near 0 and is picked only after the units specific to t (the
+  small ``ema_t`` term keeps the mask full and ordered by importance among them), so the masks of
   different tasks overlap less. EMAs are mean-normalised per tensor and task, so they are comparable.
 """
 
 from __future__ import annotations
 
 import torch
+
+SPECIFICITY_TIE_WEIGHT = 1e-3
 
 
 def selection_scores(score: str, state, others, index: int) -> torch.Tensor:
@@ -20,7 +23,7 @@ def selection_scores(score: str, state, others, index: int) -> torch.Tensor:
     if score != "specificity":
         raise ValueError(f"unknown selection score {score!r}")
     own = own.float()
-    total = own.clone()
+    others_mean = torch.zeros_like(own)
     for peer in peers:
-        total.add_(peer.float())
-    return own.square().div_(total.clamp_min_(torch.finfo(torch.float32).tiny))
+        others_mean.add_(peer.float(), alpha=1.0 / len(peers))
+    return (own - others_mean).clamp_(min=0).add_(own, alpha=SPECIFICITY_TIE_WEIGHT)
