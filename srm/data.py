@@ -13,16 +13,27 @@ docs/srm.md for an example of each):
 * ``ratings``   ``{prompt, response, ratings: {dimension: number}}``.
 
 Pair formats may add ``dimension_labels: {dimension: 1 | -1}`` (+1: the preferred answer is also better on that
-dimension, -1: worse). Files are a JSON array (``.json``) or one record per line (``.jsonl``); a bad record
-raises :class:`DataFormatError` naming the file and line (JSONL) or index (JSON array).
+dimension, -1: worse). Files are read by sftkit's one record reader (:func:`sft_core.records.read_records`): a
+JSON array (``.json``) or one record per line (``.jsonl``). A bad record raises
+:class:`~sft_core.records.RecordError` whose message starts with ``file:line`` (the line of a ``.jsonl`` file,
+the 1-based position in a ``.json`` array); with ``on_error="skip"`` that record alone is left out.
+
+Responses may be empty or whitespace-only (a policy can produce such an answer; it is scored like any other);
+prompts must hold text.
+
+Each group remembers where it came from: ``source`` is the file's path relative to the data root
+(``rm-bench/chat_filtered.json``), and ``dataset`` the top folder of that path (``rm-bench``), which is what the
+canonical split's tables are keyed by.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from pathlib import Path, PurePath
+from typing import Any
+
+from sft_core.records import RecordError, read_records
 
 RMBENCH_STYLES = ("concise", "detailed", "detailed-markdown")
 # Which dimension the chosen-vs-rejected difference of a domain is about (RM-Bench / IFBench domains).
@@ -32,10 +43,6 @@ DIMENSION_BY_DOMAIN = {
 }
 INSTRUCTION_DOMAIN_PREFIX = "level-"  # IFBench difficulty levels -> instruction_following
 FORMATS = ("trl", "rm-bench", "chat-pair", "pairwise", "ratings")
-
-
-class DataFormatError(ValueError):
-    """A record that cannot be read; the message starts with ``file:line N`` or ``file[index]``."""
 
 
 @dataclass
@@ -54,45 +61,13 @@ class ResponseGroup:
     pairs: list[PairLabel] = field(default_factory=list)
     ratings: list[dict[str, float]] | None = None
     format: str = ""
-    source: str = ""
+    source: str = ""  # the file, relative to the data root: "rm-bench/chat_filtered.json"
+    dataset: str = ""  # the top folder of ``source`` ("rm-bench", "ifbench"): the split's table key
     domain: str = ""
     subset: str = ""
     record_id: Any = None
     location: str = ""
     rmbench: bool = False  # responses are chosen[0..2] + rejected[0..2]: the 3x3 style matrix applies
-
-
-# ---------------------------------------------------------------------------------------------------------
-# reading files
-# ---------------------------------------------------------------------------------------------------------
-def read_records(path: str | os.PathLike) -> Iterable[tuple[str, Any]]:
-    """Yield ``(location, record)``; malformed JSON raises :class:`DataFormatError` with the location."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataFormatError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    stripped = text.lstrip()
-    if path.endswith(".json") or stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(f"{path}:line {error.lineno}: invalid JSON ({error.msg})") from None
-        if isinstance(data, dict):
-            data = [data]
-        if not isinstance(data, list):
-            raise DataFormatError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
-        for index, record in enumerate(data):
-            yield f"{path}[{index}]", record
-        return
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        location = f"{path}:line {line_number}"
-        try:
-            yield location, json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(f"{location}: invalid JSON ({error.msg})") from None
 
 
 def detect_format(record: Any) -> str:
@@ -115,10 +90,18 @@ def detect_format(record: Any) -> str:
 
 
 def _text(value: Any, what: str) -> str:
+    """A prompt: a string with some text in it."""
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{what} is empty")
+    return value
+
+
+def _response(value: Any, what: str) -> str:
+    """A response: any string. An empty or whitespace-only answer is a (bad) answer, and is scored as one."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
     return value
 
 
@@ -142,7 +125,7 @@ def _answer(messages: list[dict], what: str) -> str:
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     if not answers:
         raise ValueError(f"{what} has no assistant message")
-    return _text("\n".join(answers), f"{what} assistant content")
+    return _response("\n".join(answers), f"{what} assistant content")
 
 
 def _dimension_labels(record: dict) -> dict[str, int]:
@@ -165,8 +148,9 @@ def _parse_trl(record: dict, domain: str) -> ResponseGroup:
     chosen, rejected = record.get("chosen"), record.get("rejected")
     if "prompt" in record and isinstance(record["prompt"], str):
         prompt = _text(record["prompt"], "prompt")
-        chosen_text = _text(chosen, "chosen") if isinstance(chosen, str) else _answer(_check_messages(chosen, "chosen"), "chosen")
-        rejected_text = (_text(rejected, "rejected") if isinstance(rejected, str)
+        chosen_text = (_response(chosen, "chosen") if isinstance(chosen, str)
+                       else _answer(_check_messages(chosen, "chosen"), "chosen"))
+        rejected_text = (_response(rejected, "rejected") if isinstance(rejected, str)
                          else _answer(_check_messages(rejected, "rejected"), "rejected"))
     elif "prompt" in record:
         prompt = render_prompt(_check_messages(record["prompt"], "prompt"))
@@ -193,8 +177,8 @@ def _parse_rmbench(record: dict, domain: str) -> ResponseGroup:
     chosen, rejected = record["chosen"], record["rejected"]
     if not (isinstance(chosen, list) and len(chosen) == 3 and isinstance(rejected, list) and len(rejected) == 3):
         raise ValueError("rm-bench records need 3 chosen and 3 rejected responses (concise, detailed, markdown)")
-    responses = [_text(c, f"chosen[{i}]") for i, c in enumerate(chosen)] + [
-        _text(r, f"rejected[{j}]") for j, r in enumerate(rejected)]
+    responses = [_response(c, f"chosen[{i}]") for i, c in enumerate(chosen)] + [
+        _response(r, f"rejected[{j}]") for j, r in enumerate(rejected)]
     content_dimension = _domain_dimension(domain) or "correctness"
     pairs = []
     for i in range(3):  # chosen style i vs rejected style j: the 3x3 matrix
@@ -223,14 +207,14 @@ def _parse_chat_pair(record: dict, domain: str) -> ResponseGroup:
     dimension = _domain_dimension(domain)
     if dimension:
         labels.setdefault(dimension, 1)
-    return ResponseGroup(render_prompt(chosen[:-1]), [_text(chosen[-1]["content"], "text_chosen answer"),
-                                                      _text(rejected[-1]["content"], "text_rejected answer")],
+    return ResponseGroup(render_prompt(chosen[:-1]), [_response(chosen[-1]["content"], "text_chosen answer"),
+                                                      _response(rejected[-1]["content"], "text_rejected answer")],
                          [PairLabel(0, 1, True, labels)])
 
 
 def _parse_pairwise(record: dict, domain: str) -> ResponseGroup:
     prompt = _text(record.get("input"), "input")
-    outputs = [_text(record.get("output_1"), "output_1"), _text(record.get("output_2"), "output_2")]
+    outputs = [_response(record.get("output_1"), "output_1"), _response(record.get("output_2"), "output_2")]
     label = record.get("label")
     if label not in (1, 2) or isinstance(label, bool):
         raise ValueError(f"label must be 1 or 2 (the better output), got {label!r}")
@@ -239,7 +223,7 @@ def _parse_pairwise(record: dict, domain: str) -> ResponseGroup:
 
 
 def _parse_ratings(record: dict, domain: str) -> ResponseGroup:
-    prompt, response = _text(record.get("prompt"), "prompt"), _text(record.get("response"), "response")
+    prompt, response = _text(record.get("prompt"), "prompt"), _response(record.get("response"), "response")
     ratings = record["ratings"]
     if not isinstance(ratings, dict) or not ratings:
         raise ValueError("ratings must be a non-empty object {dimension: number}")
@@ -253,19 +237,39 @@ _PARSERS = {"trl": _parse_trl, "rm-bench": _parse_rmbench, "chat-pair": _parse_c
             "pairwise": _parse_pairwise, "ratings": _parse_ratings}
 
 
-def source_from_path(path: str) -> tuple[str, str]:
-    """(source, default domain) from a file name: ``rm-bench/code_filtered.json`` -> ("rm-bench", "code")."""
-    stem = os.path.basename(path).split(".")[0]
-    if stem.endswith("_filtered"):
-        return "rm-bench", stem[: -len("_filtered")]
-    if "ifbench" in path.lower() or stem == "data":
-        return "ifbench", ""
-    return stem, ""
+RMBENCH_FILE_SUFFIX = "_filtered"  # RM-Bench names its files <domain>_filtered.json
+
+
+def source_from_path(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> tuple[str, str, str]:
+    """``(source, dataset, default domain)`` of a data file.
+
+    ``source`` is the path relative to ``data_root`` when the file lies under it (``rm-bench/chat_filtered.json``,
+    ``benchmark/knowledge/dataset.json``), otherwise the path as given. ``dataset`` is the top folder of that
+    relative path (``rm-bench``); for a file outside the data root, the folder the file is in. The default
+    domain is RM-Bench's ``<domain>_filtered`` file-name convention (``chat``), else empty (records carry
+    their own ``domain``)."""
+    path = Path(path)
+    relative = None
+    if data_root is not None:
+        try:
+            relative = path.resolve().relative_to(Path(data_root).resolve())
+        except ValueError:
+            relative = None
+    if relative is not None:
+        source = relative.as_posix()
+        dataset = relative.parts[0] if len(relative.parts) > 1 else ""
+    else:
+        source = PurePath(os.path.normpath(path)).as_posix()
+        dataset = path.resolve().parent.name
+    stem = path.name.split(".")[0]
+    domain = stem[: -len(RMBENCH_FILE_SUFFIX)] if stem.endswith(RMBENCH_FILE_SUFFIX) else ""
+    return source, dataset, domain
 
 
 def parse_record(record: Any, location: str = "", fmt: str = "auto", default_domain: str = "",
-                 source: str = "", dimension_names: list[str] | None = None) -> ResponseGroup:
-    """One record -> :class:`ResponseGroup`; raises :class:`DataFormatError` naming ``location``."""
+                 source: str = "", dimension_names: list[str] | None = None, dataset: str = "") -> ResponseGroup:
+    """One record -> :class:`ResponseGroup`; raises :class:`~sft_core.records.RecordError` naming ``location``
+    (``file:line``)."""
     try:
         record_format = detect_format(record) if fmt == "auto" else fmt
         if record_format not in _PARSERS:
@@ -274,8 +278,9 @@ def parse_record(record: Any, location: str = "", fmt: str = "auto", default_dom
         group = _PARSERS[record_format](record, domain)
     except (ValueError, TypeError, KeyError) as error:
         detail = f"missing field {error}" if isinstance(error, KeyError) else str(error)
-        raise DataFormatError(f"{location or 'record'}: {detail}") from None
+        raise RecordError(location or "record", None, detail) from None
     group.format, group.domain, group.source, group.location = record_format, domain, source, location
+    group.dataset = dataset
     group.record_id = record.get("id")
     group.subset = group.subset or str(record.get("subset", "")) or domain
     if dimension_names is not None:
@@ -292,32 +297,42 @@ def keep_dimensions(group: ResponseGroup, dimension_names: list[str]) -> Respons
     if group.ratings is not None:
         unknown = {k for r in group.ratings for k in r} - known
         if unknown:
-            raise DataFormatError(f"{group.location}: ratings for unknown dimensions {sorted(unknown)}; "
-                                  f"the model has {sorted(known)}")
+            raise RecordError(group.location or "record", None, f"ratings for unknown dimensions {sorted(unknown)}; "
+                              f"the model has {sorted(known)}")
     return group
 
 
-def load_groups(paths: str | list[str], fmt: str = "auto", dimension_names: list[str] | None = None,
-                on_error: str = "raise") -> tuple[list[ResponseGroup], list[str]]:
-    """Read every file; returns ``(groups, errors)``. ``on_error="raise"`` stops at the first bad record,
-    ``"skip"`` keeps going and collects one message per bad record."""
+def load_groups(paths: str | os.PathLike | list, fmt: str = "auto", dimension_names: list[str] | None = None,
+                on_error: str = "raise", data_root: str | os.PathLike | None = None
+                ) -> tuple[list[ResponseGroup], list[str]]:
+    """Read every file; returns ``(groups, errors)``.
+
+    ``on_error="raise"`` stops at the first bad record; ``"skip"`` leaves out each bad record (a malformed
+    JSONL line or a record that does not parse) alone, goes on with the next one and returns one
+    ``file:line: reason`` message per record left out. A file that cannot be read at all (missing, not JSON,
+    no records) raises :class:`~sft_core.records.RecordError` either way: there is nothing to go on with.
+    ``data_root`` makes each group's ``source`` the file's path relative to it (see :func:`source_from_path`).
+    """
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
     groups, errors = [], []
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        source, default_domain = source_from_path(os.fspath(path))
-        try:
-            for location, record in read_records(path):
-                try:
-                    groups.append(parse_record(record, location, fmt, default_domain, source, dimension_names))
-                except DataFormatError as error:
-                    if on_error == "raise":
-                        raise
-                    errors.append(str(error))
-        except DataFormatError as error:
-            if on_error == "raise" or str(error) in errors:
-                raise
-            errors.append(str(error))
+        source, dataset, default_domain = source_from_path(path, data_root)
+        # Read every line first, then go through lines and malformed lines in file order, so "raise" names the
+        # first bad line of the file whichever kind of problem it has.
+        report = read_records(path, on_error="skip")
+        entries = sorted([(record.line, record) for record in report.records]
+                         + [(error.line or 0, error) for error in report.errors], key=lambda entry: entry[0])
+        for _, entry in entries:
+            try:
+                if isinstance(entry, RecordError):
+                    raise entry
+                groups.append(parse_record(entry.data, entry.where, fmt, default_domain, source, dimension_names,
+                                           dataset=dataset))
+            except RecordError as error:
+                if on_error == "raise":
+                    raise
+                errors.append(str(error))
     return groups, errors
 
 
@@ -325,20 +340,24 @@ def load_groups(paths: str | list[str], fmt: str = "auto", dimension_names: list
 # the canonical prompt-level split (splits/preference-split.json)
 # ---------------------------------------------------------------------------------------------------------
 def split_part(group: ResponseGroup, split: dict) -> str | None:
-    """``"train"``, ``"test"`` or ``None`` (in neither list) for a group of the shared datasets."""
+    """``"train"``, ``"test"`` or ``None`` (in neither list) for a group of the shared datasets.
+
+    The split holds one table per dataset folder (``ifbench: {train: [ids], test: [ids]}``) and, for RM-Bench,
+    one per domain (``rm-bench: {chat: {...}}``). Ids of the form ``domain/N`` (RM-Bench records converted to
+    chat pairs) are looked up in the RM-Bench table of that domain. Ids compare as text (the IFBench file
+    stores ``"94046"``, the split ``94046``)."""
     record_id = group.record_id
-    if group.source == "rm-bench" or (isinstance(record_id, str) and "/" in record_id):
-        domain = group.domain
-        if isinstance(record_id, str) and "/" in record_id:
-            domain, record_id = record_id.split("/", 1)
-            record_id = int(record_id)
+    if isinstance(record_id, str) and "/" in record_id:
+        domain, record_id = record_id.split("/", 1)
         table = split.get("rm-bench", {}).get(domain, {})
-    elif group.source == "ifbench":
-        table = split.get("ifbench", {})
+    elif group.dataset == "rm-bench":
+        table = split.get("rm-bench", {}).get(group.domain, {})
     else:
+        table = split.get(group.dataset) if group.dataset else None
+    if not isinstance(table, dict) or record_id is None:
         return None
     for part in ("train", "test"):
-        if record_id in set(table.get(part, [])):
+        if str(record_id) in {str(i) for i in table.get(part, [])}:
             return part
     return None
 

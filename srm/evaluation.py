@@ -1,5 +1,11 @@
-"""Pairwise accuracy of a scorer on labelled response groups (overall, per source/domain/subset, per
-dimension, and RM-Bench's easy / normal / hard over the 3x3 chosen-style x rejected-style matrix)."""
+"""Pairwise accuracy of a scorer on labelled response groups (overall, per source/dataset/domain/subset, per
+dimension, and RM-Bench's easy / normal / hard over the 3x3 chosen-style x rejected-style matrix).
+
+Ties: one rule for ``srm score`` and ``srm evaluate`` (:func:`is_correct`). A comparison is correct only when
+the labelled-better response gets a strictly higher score; equal scores count as wrong (as RewardBench's
+``chosen > rejected``). A model that gives every answer the same reward is then at 0%, not at a
+chance-looking 50%. ``ties`` reports how many comparisons were exact ties.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +27,13 @@ class _Tally:
         return {k: {"accuracy": self.correct[k] / self.total[k], "pairs": self.total[k]} for k in sorted(self.total)}
 
 
+def is_correct(margin: float) -> bool:
+    """``margin`` = score(labelled better) - score(labelled worse); a tie (0) is not correct."""
+    return margin > 0
+
+
 def _outcome(difference: float) -> float:
-    """1 if the better answer scored higher, 0 if lower, 0.5 for an exact tie."""
-    return 1.0 if difference > 0 else (0.0 if difference < 0 else 0.5)
+    return 1.0 if is_correct(difference) else 0.0
 
 
 def rmbench_cells(rewards: list[float]) -> dict[str, list[float]]:
@@ -41,6 +51,7 @@ def evaluate_groups(scorer, groups: list[ResponseGroup]) -> dict:
     items = [(g.prompt, r) for g in groups for r in g.responses]
     scores = scorer.score(items)
     overall, dimensions = _Tally(), _Tally()
+    ties = 0
     matrix = {"all": defaultdict(list)}
     start = 0
     for group in groups:
@@ -50,8 +61,11 @@ def evaluate_groups(scorer, groups: list[ResponseGroup]) -> dict:
         for pair in group.pairs:
             if pair.overall:
                 outcome = _outcome(rewards[pair.better] - rewards[pair.worse])
+                ties += rewards[pair.better] == rewards[pair.worse]
                 overall.add("all", outcome)
                 overall.add(f"source/{group.source or 'unknown'}", outcome)
+                if group.dataset:
+                    overall.add(f"dataset/{group.dataset}", outcome)
                 if group.domain:
                     overall.add(f"domain/{group.domain}", outcome)
                 if group.subset and group.subset != group.domain:
@@ -66,7 +80,9 @@ def evaluate_groups(scorer, groups: list[ResponseGroup]) -> dict:
                     matrix.setdefault(scope, defaultdict(list))[key].extend(outcomes)
     table = overall.table()
     result = {"pairs": table.get("all", {}).get("pairs", 0), "accuracy": table.get("all", {}).get("accuracy"),
+              "ties": ties,
               "by_source": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("source/")},
+              "by_dataset": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("dataset/")},
               "by_domain": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("domain/")},
               "by_subset": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("subset/")},
               "dimensions": dimensions.table()}

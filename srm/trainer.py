@@ -5,6 +5,11 @@ pairwise or rating loss). With ``task_grouping="objective"`` (default) a respons
 objective it has labels for, tagged with that task, so ``--tuner epi|static`` isolates the parameters each
 objective relies on. Frozen feature branches (and the encoder itself when ``freeze_backbone``) are computed
 once per response and cached, so epochs only run the small trainable parts.
+
+The encoder (``backbone.*``) trains at ``learning_rate``; everything built on top of it (heads, scorers, gate,
+reward scale) at ``head_learning_rate``; biases and norms get no weight decay
+(:func:`sft_core.param_groups.build_parameter_groups`). Checkpoints go to ``OUTPUT/checkpoints`` and end with
+sftkit's completion marker; the final model is written to ``OUTPUT`` file by file, each by an atomic rename.
 """
 
 from __future__ import annotations
@@ -14,9 +19,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from sft_core.atomic_io import atomic_write_bytes
+from sft_core.param_groups import build_parameter_groups
+from sft_core.trainer import TUNERS, MultiTaskTrainer, MultiTaskTrainingArguments
 
 from .branches import FeatureCache, compute_branch_features
 from .collate import EncoderEmbeddingBranch, SRMCollator
@@ -24,7 +34,13 @@ from .data import ResponseGroup
 
 logger = logging.getLogger("srm.trainer")
 PREFERENCE_TASK = "preference"
-TUNERS = ("full", "static", "epi")
+BACKBONE_MODULE = "backbone"
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> str:
+    """Where ``train_srm`` writes the checkpoints of a model saved to ``output_dir``."""
+    return os.path.join(output_dir, CHECKPOINTS_SUBDIR)
 
 
 def dimension_task(name: str) -> str:
@@ -128,65 +144,76 @@ class ItemDataset(Dataset):
         return dict(self.items[index])
 
 
-def _trainer_classes():
-    """sftkit's MultiTaskTrainer (tasks + EPI); plain transformers.Trainer only if sft_core lacks it."""
-    try:
-        from sft_core.epi import EPIConfig
-        from sft_core.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
+def head_prefixes(model) -> tuple[str, ...]:
+    """Names of everything the SRM adds on top of the pretrained encoder (heads, scorers, gate, scale...): every
+    top-level module and parameter except the backbone, so a new module gets the head learning rate."""
+    modules = [f"{name}." for name, _ in model.named_children() if name != BACKBONE_MODULE]
+    parameters = [name for name, _ in model.named_parameters(recurse=False)]
+    return tuple(modules + parameters)
 
-        return MultiTaskTrainer, MultiTaskTrainingArguments, EPIConfig
-    except ImportError:  # pragma: no cover - only while sft_core.trainer is being written
-        from transformers import Trainer, TrainingArguments
 
-        return Trainer, TrainingArguments, None
+class SRMTrainer(MultiTaskTrainer):
+    """``MultiTaskTrainer`` with two learning rates: the encoder is pretrained, the parts on top are new."""
+
+    def __init__(self, *args, head_learning_rate: float = 1e-3, **kwargs):
+        self.head_learning_rate = head_learning_rate
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = build_parameter_groups(opt_model, head_prefixes=head_prefixes(opt_model),
+                                            backbone_lr=self.args.learning_rate, head_lr=self.head_learning_rate,
+                                            weight_decay=self.args.weight_decay)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs.pop("lr", None)  # each group carries its own
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
 
 def make_trainer(model, tokenizer, items: list[dict], output_dir: str, tuner: str = "full",
                  num_train_epochs: float = 1.0, learning_rate: float = 5e-5, head_learning_rate: float = 1e-3,
                  batch_size: int = 8, seed: int = 0, max_steps: int = -1, logging_steps: int = 10,
-                 save_checkpoints: bool = True, show_progress: bool = True, epi_kwargs: dict | None = None):
+                 weight_decay: float = 0.0, save_checkpoints: bool = True, show_progress: bool = True,
+                 epi_kwargs: dict | None = None) -> SRMTrainer:
     if tuner not in TUNERS:
         raise ValueError(f"tuner must be one of {TUNERS}, got {tuner!r}")
-    trainer_cls, args_cls, epi_config_cls = _trainer_classes()
-    if epi_config_cls is None and tuner != "full":
-        raise RuntimeError(f"--tuner {tuner} needs sft_core.trainer.MultiTaskTrainer, which is not importable")
+    args = MultiTaskTrainingArguments(
+        output_dir=checkpoint_dir(output_dir), tuner=tuner, per_device_train_batch_size=batch_size,
+        num_train_epochs=num_train_epochs, max_steps=max_steps, learning_rate=learning_rate, weight_decay=weight_decay,
+        lr_scheduler_type="linear", warmup_steps=0, logging_steps=logging_steps, seed=seed,
+        save_strategy="epoch" if save_checkpoints else "no", save_total_limit=1, remove_unused_columns=False,
+        report_to=[], disable_tqdm=not show_progress, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available())
+    epi_config = None
+    if epi_kwargs:
+        from sft_core.epi import EPIConfig
 
-    class SRMTrainer(trainer_cls):
-        def create_optimizer(self, model=None):
-            # The encoder is pretrained, the heads/gate/scorers are new: give the new parts a larger step size.
-            opt_model = self.model if model is None else model
-            if self.optimizer is None:
-                backbone = [p for n, p in opt_model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
-                new = [p for n, p in opt_model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
-                groups = [{"params": new, "lr": head_learning_rate, "weight_decay": 0.0}]
-                if backbone:
-                    groups.insert(0, {"params": backbone, "lr": self.args.learning_rate,
-                                      "weight_decay": self.args.weight_decay})
-                self.optimizer = torch.optim.AdamW(groups)
-            return self.optimizer
-
-    args = args_cls(output_dir=os.path.join(output_dir, "checkpoints"), per_device_train_batch_size=batch_size,
-                    num_train_epochs=num_train_epochs, max_steps=max_steps, learning_rate=learning_rate,
-                    lr_scheduler_type="linear", warmup_steps=0, logging_steps=logging_steps, seed=seed,
-                    save_strategy="epoch" if save_checkpoints else "no", save_total_limit=1,
-                    remove_unused_columns=False, report_to=[], disable_tqdm=not show_progress,
-                    dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
-    kwargs = {}
-    if epi_config_cls is not None:
-        kwargs["epi_config"] = epi_config_cls(method=tuner, **(epi_kwargs or {}))
+        epi_config = EPIConfig(method=tuner, **epi_kwargs)
     return SRMTrainer(model=model, args=args, train_dataset=ItemDataset(items),
-                      data_collator=SRMCollator(tokenizer, model.config), **kwargs)
+                      data_collator=SRMCollator(tokenizer, model.config), head_learning_rate=head_learning_rate,
+                      epi_config=epi_config)
 
 
-def save_srm(model, tokenizer, output_dir: str) -> None:
-    """Write weights (safetensors), config and tokenizer; each file lands by an atomic rename."""
-    os.makedirs(output_dir, exist_ok=True)
+def save_srm(model, tokenizer, output_dir: str | os.PathLike) -> None:
+    """Write weights (safetensors), config and tokenizer into ``output_dir``.
+
+    Everything is first written to a staging folder; each file then lands through
+    :func:`sft_core.atomic_io.atomic_write_bytes` (temporary file, fsync, rename, ordinary 0644-style
+    permissions), ``config.json`` last: a reader never sees a half-written file, and a folder with a
+    ``config.json`` from this save holds its weights too.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".srm-save-", dir=output_dir)
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+        names = sorted(os.listdir(staging), key=lambda name: (name == "config.json", name))
+        for name in names:
+            source = Path(staging) / name
+            if source.is_file():
+                atomic_write_bytes(output_dir / name, source.read_bytes())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -1,9 +1,13 @@
 """End to end through `srm train | score | evaluate` on tiny random models."""
 
 import json
+import os
+import sys
+import types
 
 import pytest
 
+import srm
 from srm.cli import main
 
 from srm_test_utils import BAD, GOOD, PROMPTS, rmbench_records, trained_tiny_srm, trl_records, write_jsonl
@@ -17,8 +21,6 @@ def model_dir(tmp_path_factory):
 def test_train_writes_a_loadable_model(model_dir):
     from transformers import AutoModel, AutoTokenizer
 
-    import srm
-
     model = AutoModel.from_pretrained(model_dir)
     assert isinstance(model, srm.SRMModel)
     assert AutoTokenizer.from_pretrained(model_dir) is not None
@@ -27,20 +29,29 @@ def test_train_writes_a_loadable_model(model_dir):
     assert model.feature_std.min() > 0 and not (model.feature_std == 1).all()  # normalization was fitted
 
 
+def test_saved_weights_have_the_same_file_mode_as_the_other_files(model_dir):
+    modes = {name: os.stat(os.path.join(model_dir, name)).st_mode & 0o777
+             for name in ("model.safetensors", "config.json", "tokenizer.json")}
+    assert len(set(modes.values())) == 1, modes  # transformers alone writes model.safetensors as 0600
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".")]  # no staging folder left behind
+
+
 def test_score_cli_singles_pairs_and_bad_lines(model_dir, tmp_path, capsys):
     records = [{"prompt": PROMPTS[0], "response": GOOD[0]},
                {"prompt": PROMPTS[1], "chosen": GOOD[1], "rejected": BAD[1]},
                "{broken json",
-               {"prompt": PROMPTS[2], "chosen": ""}]
+               {"prompt": PROMPTS[2], "chosen": ""},
+               {"prompt": PROMPTS[3], "response": GOOD[3]}]
     source = write_jsonl(tmp_path / "in.jsonl", records)
     output = tmp_path / "out.jsonl"
     code = main(["score", "--model", model_dir, "--input", str(source), "--output", str(output), "--explain"])
     assert code == 1  # bad records -> non-zero exit, but the good ones are scored
+    assert capsys.readouterr().out == ""  # with --output, nothing on stdout
     lines = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [line["index"] for line in lines] == [0, 1, 2, 3]
+    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4]
     single = lines[0]
     assert set(single["dimensions"]) == set(single["gates"]) and abs(sum(single["gates"].values()) - 1) < 1e-5
-    assert isinstance(single["reward"], float)
+    assert isinstance(single["reward"], float) and isinstance(lines[4]["reward"], float)  # after the bad lines
     pair = lines[1]
     assert len(pair["responses"]) == 2 and len(pair["comparisons"]) == 1
     comparison = pair["comparisons"][0]
@@ -48,9 +59,16 @@ def test_score_cli_singles_pairs_and_bad_lines(model_dir, tmp_path, capsys):
     assert abs(sum(comparison["contributions"].values()) - comparison["margin"]) < 1e-4
     winner_sign = 1 if comparison["margin"] > 0 else -1
     assert all(comparison["contributions"][d] * winner_sign > 0 for d in comparison["decided_by"])
-    assert "line 3" in lines[2]["error"] and "invalid JSON" in lines[2]["error"]
-    assert "line 4" in lines[3]["error"]
-    assert "2 scored, 2 failed" in capsys.readouterr().err
+    assert lines[2]["error"].startswith(f"{source}:3: malformed JSON")
+    assert lines[3]["error"].startswith(f"{source}:4: unknown record format")
+
+
+def test_score_writes_jsonl_to_stdout_and_logs_to_stderr(model_dir, tmp_path, capsys):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p, "response": r} for p, r in zip(PROMPTS, GOOD)])
+    assert main(["score", "--model", model_dir, "--input", str(source)]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["index"] for line in captured.out.splitlines()] == list(range(len(PROMPTS)))
+    assert "6 scored, 0 failed" in captured.err
 
 
 def test_evaluate_cli_reports_rmbench_matrix_and_dimensions(model_dir, tmp_path, capsys):
@@ -58,10 +76,12 @@ def test_evaluate_cli_reports_rmbench_matrix_and_dimensions(model_dir, tmp_path,
     rm.write_text(json.dumps(rmbench_records(3)))
     pairs = write_jsonl(tmp_path / "pairs.jsonl", trl_records(4))
     out = tmp_path / "metrics.json"
-    assert main(["evaluate", "--model", model_dir, "--data", str(rm), str(pairs), "--output", str(out)]) == 0
+    assert main(["evaluate", "--model", model_dir, "--data", str(rm), str(pairs), "--output", str(out),
+                 "--data-root", str(tmp_path)]) == 0
     metrics = json.loads(out.read_text())
     assert metrics == json.loads(capsys.readouterr().out)
     assert metrics["pairs"] == 3 * 9 + 4
+    assert set(metrics["by_source"]) == {"chat_filtered.json", "pairs.jsonl"}
     assert set(metrics["rm_bench"]) >= {"easy", "normal", "hard", "average", "by_domain"}
     assert metrics["rm_bench"]["prompts"] == 3
     assert 0 <= metrics["rm_bench"]["hard"] <= 1
@@ -70,17 +90,80 @@ def test_evaluate_cli_reports_rmbench_matrix_and_dimensions(model_dir, tmp_path,
     assert metrics["dimensions"]["style"]["pairs"] == 3 * (6 + 6)
 
 
-def test_evaluate_cli_skips_bad_records_and_exits_non_zero(model_dir, tmp_path, capsys):
-    data = write_jsonl(tmp_path / "mixed.jsonl", trl_records(2) + [{"input": "q", "output_1": "a"}])
+def test_evaluate_skips_a_malformed_line_mid_file_alone_and_counts_truly(model_dir, tmp_path, capsys):
+    records = trl_records(6)
+    data = write_jsonl(tmp_path / "mixed.jsonl", records[:2] + ["{broken"] + records[2:4]
+                       + [{"input": "q", "output_1": "a"}] + records[4:])
     assert main(["evaluate", "--model", model_dir, "--data", str(data)]) == 1
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["pairs"] == 2
-    assert "mixed.jsonl:line 3" in captured.err
+    metrics = json.loads(captured.out)
+    assert metrics["pairs"] == 6  # every good record, also those after the bad lines
+    assert len(metrics["skipped_records"]) == 2
+    assert f"{data}:3: malformed JSON" in captured.err and f"{data}:6:" in captured.err
+    assert "2 bad records skipped" in captured.err
 
 
-def test_missing_model_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="not a saved SRM directory"):
-        main(["score", "--model", str(tmp_path / "nope"), "--input", str(tmp_path / "x.jsonl")])
+def test_whitespace_only_and_empty_responses_are_scored(model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "blank.jsonl", [{"prompt": PROMPTS[0], "chosen": GOOD[0], "rejected": "  \n "},
+                                                  {"prompt": PROMPTS[1], "chosen": GOOD[1], "rejected": ""}])
+    assert main(["evaluate", "--model", model_dir, "--data", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] == 2
+    single = write_jsonl(tmp_path / "single.jsonl", [{"prompt": PROMPTS[0], "response": "   "}])
+    assert main(["score", "--model", model_dir, "--input", str(single)]) == 0
+    reward = json.loads(capsys.readouterr().out)["reward"]
+    assert reward == reward  # a number, not NaN
+
+
+class _ConstantScorer:
+    """Gives every response the same reward: every comparison is a tie."""
+
+    dimension_names = []
+
+    def score(self, items):
+        from srm.scoring import ScoreResult
+
+        return [ScoreResult(0.25) for _ in items]
+
+    def explain_pair(self, first, second):
+        return {"preferred": "tie", "margin": 0.0, "contributions": {}, "decided_by": []}
+
+
+def test_ties_follow_one_rule_in_score_and_evaluate(tmp_path, capsys, monkeypatch):
+    import srm.cli
+
+    monkeypatch.setattr(srm.cli, "_load_scorer", lambda args: _ConstantScorer())
+    data = write_jsonl(tmp_path / "pairs.jsonl", trl_records(4))
+    assert main(["score", "--model", "unused", "--input", str(data)]) == 0
+    comparisons = [json.loads(line)["comparisons"][0] for line in capsys.readouterr().out.splitlines()]
+    assert [(c["preferred"], c["correct"]) for c in comparisons] == [("tie", False)] * 4
+    assert main(["evaluate", "--model", "unused", "--data", str(data)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert (metrics["accuracy"], metrics["ties"], metrics["pairs"]) == (0.0, 4, 4)  # a tie is wrong in both
+
+
+def test_score_and_serve_without_model_use_the_default_srm(model_dir, tmp_path, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import srm.serve
+
+    calls = []
+
+    def load_default_srm():
+        calls.append(1)
+        return srm.SRMModel.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+
+    fake_defaults = types.SimpleNamespace(DEFAULT_MODEL_DIR=model_dir, load_default_srm=load_default_srm)
+    monkeypatch.setitem(sys.modules, "srm.defaults", fake_defaults)
+    monkeypatch.setattr(srm, "defaults", fake_defaults, raising=False)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": PROMPTS[0], "response": GOOD[0]}])
+    assert main(["score", "--input", str(source)]) == 0
+    default_reward = json.loads(capsys.readouterr().out)["reward"]
+    assert main(["score", "--model", model_dir, "--input", str(source)]) == 0
+    assert json.loads(capsys.readouterr().out)["reward"] == pytest.approx(default_reward, abs=1e-6)
+    served = []
+    monkeypatch.setattr(srm.serve, "run_server", lambda scorer, **kwargs: served.append(scorer))
+    assert main(["serve", "--port", "0"]) == 0
+    assert len(calls) == 2 and served[0].dimension_names == srm.SRMModel.from_pretrained(model_dir).config.dimension_names
 
 
 def test_scalar_baseline_trains_and_scores(tmp_path):

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from srm.data import DataFormatError, load_groups, parse_record, select_split
+from sft_core.records import RecordError
+from srm.data import load_groups, parse_record, select_split, source_from_path
 from srm.trainer import PREFERENCE_TASK, build_training_items, dimension_task
 from srm import SRMConfig
 
@@ -53,7 +54,8 @@ def test_chat_pair_pairwise_and_ratings():
 
 @pytest.mark.parametrize("record, reason", [
     ({"prompt": "q", "chosen": "a"}, "unknown record format"),
-    ({"prompt": "q", "chosen": "", "rejected": "b"}, "chosen is empty"),
+    ({"prompt": " ", "chosen": "a", "rejected": "b"}, "prompt is empty"),
+    ({"input": "q", "output_1": 3, "output_2": "y", "label": 1}, "output_1 must be a string"),
     ({"input": "q", "output_1": "x", "output_2": "y", "label": 3}, "label must be 1 or 2"),
     ({"prompt": "q", "response": "r", "ratings": {"safety": "high"}}, "must be a number"),
     ({"text_chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
@@ -62,38 +64,40 @@ def test_chat_pair_pairwise_and_ratings():
     ([1, 2], "must be a JSON object"),
 ])
 def test_bad_records_raise_with_location(record, reason):
-    with pytest.raises(DataFormatError, match=rf"^test\[0\]: .*{reason}"):
+    with pytest.raises(RecordError, match=rf"^test\[0\]: .*{reason}"):
         _one(record)
 
 
 def test_jsonl_errors_name_the_line_and_skip_mode_continues(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, "",
                                               {"prompt": "q", "chosen": "a"}, "{not json"])
-    with pytest.raises(DataFormatError, match=r"d\.jsonl:line 3: unknown record format"):
+    with pytest.raises(RecordError, match=r"d\.jsonl:3: unknown record format"):
         load_groups([str(path)])
     groups, errors = load_groups([str(path)], on_error="skip")
     assert len(groups) == 1 and len(errors) == 2
-    assert "line 3" in errors[0] and "line 4: invalid JSON" in errors[1]
+    assert "d.jsonl:3: unknown record format" in errors[0] and "d.jsonl:4: malformed JSON" in errors[1]
 
 
-def test_json_array_errors_name_the_index(tmp_path):
+def test_json_array_errors_name_the_position(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps([{"input": "q", "output_1": "x", "output_2": "y", "label": 1},
                                 {"input": "q", "output_1": "x", "output_2": "y", "label": "first"}]))
-    with pytest.raises(DataFormatError, match=r"d\.json\[1\]: label must be 1 or 2"):
+    with pytest.raises(RecordError, match=r"d\.json:2: label must be 1 or 2"):
         load_groups([str(path)])
 
 
 def test_unknown_rating_dimension_is_an_error():
-    with pytest.raises(DataFormatError, match="unknown dimensions"):
+    with pytest.raises(RecordError, match="unknown dimensions"):
         _one({"prompt": "q", "response": "r", "ratings": {"humour": 1}}, dimension_names=["safety"])
 
 
 def test_split_selection_keeps_prompts_on_one_side(tmp_path):
-    path = tmp_path / "chat_filtered.json"
+    (tmp_path / "rm-bench").mkdir()
+    path = tmp_path / "rm-bench" / "chat_filtered.json"
     path.write_text(json.dumps(rmbench_records(4)))
-    groups, _ = load_groups([str(path)])
-    assert {g.source for g in groups} == {"rm-bench"} and {g.domain for g in groups} == {"chat"}
+    groups, _ = load_groups([str(path)], data_root=tmp_path)
+    assert {g.source for g in groups} == {"rm-bench/chat_filtered.json"} and {g.domain for g in groups} == {"chat"}
+    assert {g.dataset for g in groups} == {"rm-bench"}
     split = {"rm-bench": {"chat": {"train": [0, 1], "test": [2]}}}
     train, test = select_split(groups, split, "train"), select_split(groups, split, "test")
     assert [g.record_id for g in train] == [0, 1] and [g.record_id for g in test] == [2]
@@ -112,3 +116,35 @@ def test_training_items_are_tagged_with_their_objective():
     assert [i["task"] for i in build_training_items([group], scalar)] == [PREFERENCE_TASK]
     ratings = parse_record({"prompt": "q", "response": "r", "ratings": {"style": 1.0}}, "r[0]")
     assert [i["task"] for i in build_training_items([ratings], config)] == [dimension_task("style")]
+
+
+def test_whitespace_only_and_empty_responses_are_kept_for_scoring():
+    group = _one({"prompt": "q?", "chosen": "4", "rejected": "   \n "})
+    assert group.responses == ["4", "   \n "]
+    rmbench = _one({"prompt": "q", "chosen": ["a", "b", "c"], "rejected": ["", " ", "x"]})
+    assert rmbench.responses[3:] == ["", " ", "x"]
+
+
+def test_a_malformed_line_mid_file_skips_that_line_alone(tmp_path):
+    records = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(6)]
+    path = write_jsonl(tmp_path / "d.jsonl", records[:2] + ["{broken"] + records[2:4] + [{"prompt": "q"}] + records[4:])
+    groups, errors = load_groups([str(path)], on_error="skip")
+    assert [g.prompt for g in groups] == [f"q{i}" for i in range(6)]  # every good record after the bad ones too
+    assert len(errors) == 2 and errors[0].startswith(f"{path}:3: malformed JSON") and f"{path}:6:" in errors[1]
+
+
+def test_source_is_the_path_relative_to_the_data_root(tmp_path):
+    for folder in ("bench/knowledge", "bench/chat", "ifbench"):
+        (tmp_path / folder).mkdir(parents=True)
+    pair = [{"prompt": "q", "chosen": "a", "rejected": "b"}]
+    paths = [write_jsonl(tmp_path / "bench/knowledge/dataset.jsonl", pair),
+             write_jsonl(tmp_path / "bench/chat/dataset.jsonl", pair),
+             write_jsonl(tmp_path / "ifbench/other.jsonl", pair)]
+    data = tmp_path / "data.jsonl"  # a file named data.* is not assumed to be IFBench
+    write_jsonl(data, pair)
+    groups, _ = load_groups([str(p) for p in paths] + [str(data)], data_root=tmp_path)
+    assert [(g.source, g.dataset) for g in groups] == [
+        ("bench/knowledge/dataset.jsonl", "bench"), ("bench/chat/dataset.jsonl", "bench"),
+        ("ifbench/other.jsonl", "ifbench"), ("data.jsonl", "")]
+    assert source_from_path(tmp_path / "elsewhere" / "chat_filtered.json") == (
+        str(tmp_path / "elsewhere" / "chat_filtered.json"), "elsewhere", "chat")

@@ -120,14 +120,30 @@ def test_overall_and_dimension_losses_are_both_used():
     torch.testing.assert_close(full, no_dims + no_pref)
 
 
-def test_margin_and_centering_terms_change_the_loss():
-    model, tokenizer, branches = _tiny_srm(margin_loss=True, center_rewards_coefficient=0.5)
+def test_margin_and_centering_terms_are_trls():
+    """loss = mean(-log sigmoid(r_b - r_w - margin)) + c * mean((r_b + r_w)^2), each term checked on its own."""
+    coefficient = 0.5
+    model, tokenizer, branches = _tiny_srm(margin_loss=True, center_rewards_coefficient=coefficient)
     batch = _batch(model, tokenizer, branches, _pair_groups())
     batch["pair_dimension_mask"].zero_()
+    batch["pair_margin"] = torch.linspace(0.5, 2.0, len(batch["pair_margin"]))
     model.eval()
-    base = model(**batch).loss
-    with_margin = model(**{**batch, "pair_margin": torch.full_like(batch["pair_margin"], 2.0)}).loss
-    assert with_margin > base
+    better, worse = batch["pair_indices"].T
+    with torch.no_grad():
+        output = model(**batch)
+        reward = output.reward
+        bradley_terry = -torch.nn.functional.logsigmoid(reward[better] - reward[worse] - batch["pair_margin"]).mean()
+        centering = ((reward[better] + reward[worse]) ** 2).mean()
+        torch.testing.assert_close(output.loss, bradley_terry + coefficient * centering)
+        # Shifting every reward by 3 leaves the Bradley-Terry term unchanged: the whole change in the loss is the
+        # centering term's (a model without centering would give the same loss twice).
+        model.reward_bias += 3.0
+        shifted = model(**batch)
+        shifted_centering = ((shifted.reward[better] + shifted.reward[worse]) ** 2).mean()
+        assert shifted_centering > centering + 1.0
+        torch.testing.assert_close(shifted.loss - output.loss, coefficient * (shifted_centering - centering))
+        without_margin = model(**{**batch, "pair_margin": torch.zeros_like(batch["pair_margin"])}).loss
+    assert shifted.loss > without_margin  # a margin makes the same pairs harder to satisfy
 
 
 def test_adding_a_head_dimension_adds_no_encoder_pass():

@@ -17,14 +17,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.isdir(DATA_ROOT),
 
 
 def test_shared_preference_data_loads_and_splits():
-    groups, errors = load_groups([os.path.join(DATA_ROOT, f) for f in FILES], on_error="skip")
+    groups, errors = load_groups([os.path.join(DATA_ROOT, f) for f in FILES], on_error="skip", data_root=DATA_ROOT)
     assert errors == []
-    assert sum(g.rmbench for g in groups) == 798 and sum(g.source == "ifbench" for g in groups) == 444
+    assert {g.source for g in groups} == set(FILES)
+    assert sum(g.rmbench for g in groups) == 798 and sum(g.dataset == "ifbench" for g in groups) == 444
     with open(os.path.join(DATA_ROOT, "splits", "preference-split.json"), encoding="utf-8") as handle:
         split = json.load(handle)
     train, test = select_split(groups, split, "train"), select_split(groups, split, "test")
     assert len(train) == 94 + 182 + 227 + 126 + 355 and len(test) == 23 + 46 + 57 + 31 + 89
     assert not {(g.source, g.domain, g.record_id) for g in train} & {(g.source, g.domain, g.record_id) for g in test}
-    levels = {g.domain for g in test if g.source == "ifbench"}
+    levels = {g.domain for g in test if g.dataset == "ifbench"}
     assert levels == {"level-1", "level-2", "level-3"}
-    assert all(p.dimensions.get("instruction_following") == 1 for g in train if g.source == "ifbench" for p in g.pairs)
+    assert all(p.dimensions.get("instruction_following") == 1 for g in train if g.dataset == "ifbench" for p in g.pairs)
