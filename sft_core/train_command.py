@@ -43,14 +43,19 @@ class TrainOptions:
     tuner: str = field(default="epi", metadata={"choices": TUNER_CHOICES, "aliases": ("--method",),
                                                 "help": "full fine-tuning, or parameter isolation between tasks "
                                                         "(--method is a deprecated alias)"})
-    text_field: str | None = field(default=None, metadata={"help": "column that becomes the prompt"})
-    label_field: str | None = field(default=None, metadata={"help": "column that becomes the completion"})
-    prompt_template: str | None = field(default=None, metadata={
-        "help": "prompt built from columns, e.g. 'Review: {sentence}\\nSentiment:' (\\n is a newline)"})
-    label_map: str | None = field(default=None, metadata={"metavar": "LABEL=TEXT,...",
-                                                          "help": "rename labels, e.g. 0=negative,1=positive"})
-    columns: str | None = field(default=None, metadata={"metavar": "NAME,...",
-                                                        "help": "column names of a TSV/CSV without a header row"})
+    # The column-mapping flags are repeatable: "VALUE" applies to every --data file, "TASK:VALUE" only to
+    # the file given as --data TASK=FILE (so tables of different layouts train together).
+    text_field: list[str] | None = field(default=None, metadata={
+        "metavar": "[TASK:]COLUMN", "help": "column that becomes the prompt"})
+    label_field: list[str] | None = field(default=None, metadata={
+        "metavar": "[TASK:]COLUMN", "help": "column that becomes the completion"})
+    prompt_template: list[str] | None = field(default=None, metadata={
+        "metavar": "[TASK:]TEMPLATE",
+        "help": "prompt built from columns, e.g. 'Review: {sentence}\\nSentiment:' (a typed \\n is a newline)"})
+    label_map: list[str] | None = field(default=None, metadata={"metavar": "[TASK:]LABEL=TEXT,...",
+                                                                "help": "rename labels, e.g. 0=negative,1=positive"})
+    columns: list[str] | None = field(default=None, metadata={
+        "metavar": "[TASK:]NAME,...", "help": "column names of a TSV/CSV without a header row"})
     max_records: int | None = field(default=None, metadata={"help": "read at most this many records per file"})
     schedule: str = field(default="mixed", metadata={"choices": SCHEDULES, "help": "task schedule"})
     task_proportions: str | None = field(default=None, metadata={"metavar": "TASK=W,...",
@@ -92,11 +97,34 @@ def parse_proportions(text: str | None) -> dict[str, float] | None:
     return parse_key_values(text, "--task-proportions", float)
 
 
-def column_mapping_from_args(args) -> ColumnMapping:
-    columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
-    return ColumnMapping(text_field=args.text_field, label_field=args.label_field,
-                         prompt_template=args.prompt_template,
-                         label_map=parse_key_values(args.label_map, "--label-map"), columns=columns)
+def _option_for_task(values: list[str] | None, task: str | None, tasks: set[str]) -> str | None:
+    """The value of a repeatable mapping flag for one --data file: ``TASK:VALUE`` for its task wins over
+    an unprefixed value; a prefix that names none of the --data tasks is part of the value."""
+    chosen = None
+    for value in values or []:
+        prefix, sep, rest = value.partition(":")
+        if sep and prefix in tasks:
+            if prefix == task:
+                return rest
+        elif chosen is None:
+            chosen = value
+    return chosen
+
+
+def column_mapping_for(spec: str, args) -> ColumnMapping:
+    from sft_core.sft_data import parse_data_argument
+
+    task, _ = parse_data_argument(spec)
+    tasks = {parse_data_argument(other)[0] for other in args.data} - {None}
+
+    def option(name):
+        return _option_for_task(getattr(args, name), task, tasks)
+
+    columns = option("columns")
+    return ColumnMapping(text_field=option("text_field"), label_field=option("label_field"),
+                         prompt_template=option("prompt_template"),
+                         label_map=parse_key_values(option("label_map"), "--label-map"),
+                         columns=tuple(c.strip() for c in columns.split(",")) if columns else None)
 
 
 def epi_config_from_args(args: argparse.Namespace) -> EPIConfig:
@@ -153,8 +181,8 @@ def train_command(args: argparse.Namespace) -> int:
     output = Path(args.output)
     epi_config = epi_config_from_args(args)
     proportions = parse_proportions(args.task_proportions)
-    mapping = column_mapping_from_args(args)
-    records = [record for spec in args.data for record in read_sft_file(spec, mapping, limit=args.max_records)]
+    records = [record for spec in args.data
+               for record in read_sft_file(spec, column_mapping_for(spec, args), limit=args.max_records)]
     resume_from = resolve_resume(output, args.resume)
     model_dir = resolve_model(args.model)
     if args.save_total_limit < 0:

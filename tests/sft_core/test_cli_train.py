@@ -105,10 +105,17 @@ def test_tables_and_json_lists_through_a_column_mapping(tiny_model_dir, tmp_path
     assert main(argv) == 0
     summary = json.loads((output / "train_summary.json").read_text())
     assert summary["tasks"] == {"sst2": 4} and summary["tuner"] == "full"
-    assert main(["train", "--model", str(tiny_model_dir), "--output", str(tmp_path / "run2"),
-                 "--data", f"topics={tmp_path / 'news.tsv'}", "--data", str(tmp_path / "code.json"),
-                 "--columns", "text,label", "--prompt-template", "{instruction}{text}\\n{input}",
-                 "--label-field", "output", "--max-steps", "1", "--no-progress"]) == 2  # news has no 'output'
+    # three layouts in one run: per-task mapping flags (TASK:VALUE) for the files given as TASK=FILE
+    run2 = tmp_path / "run2"
+    assert main(["train", "--model", str(tiny_model_dir), "--output", str(run2), "--tuner", "full",
+                 "--data", f"topics={tmp_path / 'news.tsv'}", "--columns", "topics:text,label",
+                 "--text-field", "topics:text", "--label-field", "topics:label",
+                 "--data", f"code={tmp_path / 'code.json'}", "--prompt-template", "code:{instruction}\\n{input}",
+                 "--label-field", "code:output",
+                 "--data", f"sst2={tmp_path / 'sst2' / 'train.tsv'}", "--prompt-template", "sst2:Review: {sentence}",
+                 "--label-field", "label", "--max-steps", "3", "--batch-size", "2", "--no-progress"]) == 0
+    summary = json.loads((run2 / "train_summary.json").read_text())
+    assert summary["tasks"] == {"topics": 6, "code": 4, "sst2": 6}
     from sft_core.sft_data import ColumnMapping, read_sft_file
 
     code = read_sft_file(tmp_path / "code.json", ColumnMapping(label_field="output",
