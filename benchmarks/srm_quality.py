@@ -1,14 +1,28 @@
-"""SRM vs a scalar reward model on the same backbone and data; accuracy on held-out prompts.
+"""SRM vs a scalar reward model on the same backbone and data: held-out prompts and two generalization proxies.
 
-Trains on RM-Bench (chat, code, safety-refuse, safety-response) + IFBench with the canonical prompt-level split
-(splits/preference-split.json), evaluates on the test prompts: RM-Bench easy / normal / hard over the 3x3 style
-matrix and IFBench by level. Writes docs/results/srm_quality.{json,md}.
+    .venv/bin/python benchmarks/srm_quality.py [--data-root ../shared/datasets] [--seeds 0,1,2]
 
-    .venv/bin/python benchmarks/srm_quality.py [--data-root ../shared/datasets] [--with-likelihood]
+What it measures (all pairwise accuracy, %):
 
-CPU budget: the encoder is frozen and its pooled outputs (plus every frozen side branch's features) are computed
-once per response and cached, so both models train on identical cached encoder outputs; only heads, scorers and
-the gate (SRM) or the single head (scalar) are trained.
+* **split**: train on the train prompts of ``splits/preference-split.json`` (RM-Bench chat/code/safety-refuse/
+  safety-response + IFBench), test on its test prompts (RM-Bench 3x3 style matrix average, IFBench).
+* **leave-one-domain-out (LODO)**: train on the train prompts of three RM-Bench domains + IFBench, test on every
+  prompt (train and test part) of the fourth domain; the average over the four folds is the headline.
+* **off-prompt negatives**: for each test prompt, the rejected answer is a good (chosen) answer to its nearest
+  neighbour prompt by minilm-l6 embedding (neighbours come from the same part of the split; a neighbour whose
+  cosine with the prompt is above ``--neighbour-max-cosine`` is skipped as a near-paraphrase); the model must
+  prefer the on-prompt answer. RM-Bench prompts give three pairs (same style on both sides), IFBench one.
+
+Recipes: ``scalar`` (one head on the pooled encoder), ``srm`` (current defaults: monotone feature scorers, gate
+prior + dimension dropout, relevance cross-encoder trained on off-prompt negatives built from the *train*
+prompts), and the pre-fix design ``srm-legacy`` / ``scalar-legacy`` (free scorers, no gate regularization, no
+off-prompt training pairs) for the diagnosis. Zero-shot judges (prompt-response cosine of the shared encoder,
+"prefer the shorter answer") are scored on the same sets.
+
+CPU budget: the encoder is frozen; its pooled outputs (joint prompt+response pass: pooled output and pooled
+response segment; prompt-alone pass) and the style features are computed once per text and cached in
+``--cache``; only heads, scorers and gate (SRM) or the single head (scalar) are trained.
+Writes docs/results/srm_quality.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -26,17 +41,29 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sft_core.atomic_io import atomic_write_text  # noqa: E402
 from srm import SRMModel  # noqa: E402
-from srm.branches import FeatureCache  # noqa: E402
-from srm.data import load_groups, select_split  # noqa: E402
+from srm.branches import FeatureCache, StyleBranch  # noqa: E402
+from srm.collate import EncoderEmbeddingBranch, truncated_responses  # noqa: E402
+from srm.data import ResponseGroup, load_groups, select_split  # noqa: E402
 from srm.evaluation import evaluate_groups  # noqa: E402
+from srm.negatives import offprompt_groups  # noqa: E402
 from srm.scoring import SRMScorer  # noqa: E402
-from srm.trainer import build_training_items, train_srm  # noqa: E402
+from srm.trainer import train_srm  # noqa: E402
 
-RMBENCH_FILES = ["rm-bench/chat_filtered.json", "rm-bench/code_filtered.json",
-                 "rm-bench/safety-refuse_filtered.json", "rm-bench/safety-response_filtered.json"]
+RMBENCH_DOMAINS = ("chat", "code", "safety-refuse", "safety-response")
+RMBENCH_FILES = [f"rm-bench/{d}_filtered.json" for d in RMBENCH_DOMAINS]
 IFBENCH_FILE = "ifbench/data.converted.json"
 SRM_DIMENSIONS = ["correctness", "instruction_following", "safety", "style:style", "relevance:similarity"]
+
+# name -> (scalar?, SRMConfig overrides, trains on off-prompt negatives?)
+RECIPES = {
+    "scalar": (True, {}, True),
+    "srm": (False, {}, True),
+    "scalar-legacy": (True, {}, False),
+    "srm-legacy": (False, {"monotone_scorers": False, "gate_dropout": 0.0, "gate_prior_weight": 0.0,
+                           "relevance_cross_head": False}, False),
+}
 
 
 def parse_args(argv=None):
@@ -44,19 +71,31 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default=os.environ.get("SFTKIT_DATA_ROOT",
                                                               os.path.join(ROOT, "..", "shared", "datasets")))
     parser.add_argument("--backbone", default="minilm-l6")
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-prompt-length", type=int, default=128)
-    parser.add_argument("--similarity-max-length", type=int, default=128)
-    parser.add_argument("--with-likelihood", action="store_true",
-                        help="add the smollm2-135m likelihood branch (slow on CPU: ~1 s per response)")
-    parser.add_argument("--epochs", type=float, default=10)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=float, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (results report the mean)")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds of the current recipes (means reported)")
+    parser.add_argument("--legacy-seeds", default="0", help="seeds of the pre-fix recipes (diagnosis only)")
+    parser.add_argument("--recipes", default="scalar,srm,scalar-legacy,srm-legacy")
+    parser.add_argument("--no-lodo", action="store_true", help="skip the leave-one-domain-out folds")
+    parser.add_argument("--neighbour-max-cosine", type=float, default=0.9)
+    parser.add_argument("--stage", choices=("all", "features"), default="all",
+                        help="features: only fill the cache (resumable, saved every chunk)")
     parser.add_argument("--cache", default=os.path.join(ROOT, "runs", "srm_quality", "features.safetensors"))
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "docs", "results"))
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts per split (smoke runs)")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts per domain (smoke runs)")
+    parser.add_argument("--train-fraction", type=float, default=1.0,
+                        help="keep this share of the train prompts of each domain (every k-th; CPU budget)")
     return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data: split, LODO folds, off-prompt negatives
+# ---------------------------------------------------------------------------------------------------------
+def domain_of(group: ResponseGroup) -> str:
+    return group.domain if group.dataset == "rm-bench" else "ifbench"
 
 
 def load_data(data_root: str, limit: int):
@@ -66,188 +105,373 @@ def load_data(data_root: str, limit: int):
             raise SystemExit(f"missing {path}; pass --data-root (or set SFTKIT_DATA_ROOT)")
     with open(split_path, encoding="utf-8") as handle:
         split = json.load(handle)
-    groups, _ = load_groups([os.path.join(data_root, f) for f in RMBENCH_FILES + [IFBENCH_FILE]])
+    groups, _ = load_groups([os.path.join(data_root, f) for f in RMBENCH_FILES + [IFBENCH_FILE]], data_root=data_root)
     train, test = select_split(groups, split, "train"), select_split(groups, split, "test")
     test_prompts = {g.prompt for g in test}
-    overlap = [g for g in train if g.prompt in test_prompts]  # same text under two ids: keep it out of training
+    dropped = [g for g in train if g.prompt in test_prompts]  # same text under two ids: keep it out of training
     train = [g for g in train if g.prompt not in test_prompts]
     if limit:
-        train, test = train[:limit], test[:limit]
-    return train, test, len(overlap)
+        train = [g for d in RMBENCH_DOMAINS + ("ifbench",) for g in [x for x in train if domain_of(x) == d][:limit]]
+        test = [g for d in RMBENCH_DOMAINS + ("ifbench",) for g in [x for x in test if domain_of(x) == d][:limit]]
+    return train, test, len(dropped)
 
 
-def build_model(args, scalar: bool):
-    torch.manual_seed(getattr(args, "seed", 0))
-    dimensions = SRM_DIMENSIONS + (["fluency:likelihood"] if args.with_likelihood else [])
-    return SRMModel.from_backbone(
-        args.backbone, dimensions=None if scalar else dimensions, scalar_baseline=scalar, freeze_backbone=True,
-        max_sequence_length=args.max_length, max_prompt_length=args.max_prompt_length,
-        branch_settings={"similarity": {"model": "minilm-l6", "max_length": args.similarity_max_length},
-                         "likelihood": {"model": "smollm2-135m", "max_length": args.max_length,
-                                        "max_prompt_length": args.max_prompt_length}})
+# ---------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------
+def build_model(args, recipe: str, seed: int):
+    scalar, overrides, _ = RECIPES[recipe]
+    torch.manual_seed(seed)
+    return SRMModel.from_backbone(args.backbone, dimensions=None if scalar else SRM_DIMENSIONS,
+                                  scalar_baseline=scalar, freeze_backbone=True, max_sequence_length=args.max_length,
+                                  max_prompt_length=args.max_prompt_length, **overrides)
 
 
-def run_one(args, name: str, scalar: bool, train, test, cache: FeatureCache, tokenizer) -> dict:
-    model = build_model(args, scalar)
+def fill_cache(model, tokenizer, groups: list[ResponseGroup], cache: FeatureCache, chunk: int = 256) -> float:
+    """Encode every (prompt, response) once; saved after every chunk so an interrupted fill resumes."""
+    started = time.time()
+    prompts = [g.prompt for g in groups for _ in g.responses]
+    responses = [r for g in groups for r in g.responses]
+    unique_prompts = list(dict.fromkeys(prompts))
+    prompt_branch = EncoderEmbeddingBranch(model, tokenizer, "prompt", show_progress=False)
+    cache.get_or_compute(prompt_branch, unique_prompts, [""] * len(unique_prompts))
+    cache.get_or_compute(StyleBranch(), prompts, responses)
+    cache.save()
+    joint = EncoderEmbeddingBranch(model, tokenizer, "joint", show_progress=False)
+    todo = [i for i in range(len(prompts)) if cache.key(joint, prompts[i], responses[i]) not in cache.vectors]
+    print(f"joint passes to compute: {len(todo)} of {len(prompts)}", file=sys.stderr, flush=True)
+    for start in range(0, len(todo), chunk):
+        rows = todo[start:start + chunk]
+        cache.get_or_compute(joint, [prompts[i] for i in rows], [responses[i] for i in rows])
+        cache.save()
+        print(f"  {min(start + chunk, len(todo))}/{len(todo)} joint passes, {time.time() - started:.0f} s",
+              file=sys.stderr, flush=True)
+    return time.time() - started
+
+
+class RecordingScorer:
+    """Wraps a scorer to keep its results (gate weights and dimension scores for the diagnosis)."""
+
+    def __init__(self, scorer):
+        self.scorer, self.results = scorer, []
+
+    def score(self, items):
+        self.results = self.scorer.score(items)
+        return self.results
+
+
+def gate_means(results) -> dict[str, float]:
+    if not results or not results[0].gates:
+        return {}
+    return {name: statistics.fmean(r.gates[name] for r in results) for name in results[0].gates}
+
+
+def evaluate(model, tokenizer, cache, groups) -> tuple[dict, dict]:
+    recorder = RecordingScorer(SRMScorer(model, tokenizer, batch_size=64, feature_cache=cache, device="cpu"))
+    metrics = evaluate_groups(recorder, groups)
+    return metrics, gate_means(recorder.results)
+
+
+def train_one(args, recipe: str, seed: int, train_groups, cache, tokenizer):
+    model = build_model(args, recipe, seed)
     started = time.time()
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = train_srm(model, tokenizer, train, output_dir, tuner="full", feature_cache=cache, save=False,
-                            num_train_epochs=args.epochs, batch_size=args.batch_size, head_learning_rate=args.head_lr,
-                            seed=args.seed, save_checkpoints=False, logging_steps=200)
-    train_seconds = time.time() - started
-    metrics = evaluate_groups(SRMScorer(model, tokenizer, batch_size=64, feature_cache=cache, device="cpu"), test)
-    items = build_training_items(train, model.config)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"[{name}] trained in {train_seconds:.0f}s: accuracy {metrics['accuracy']:.3f}", flush=True)
-    return {"name": name, "metrics": metrics, "train_seconds": round(train_seconds, 1),
-            "optimizer_steps": trainer.state.global_step, "train_items": len(items),
-            "train_tasks": sorted({i["task"] for i in items}), "trainable_parameters": trainable,
-            "dimensions": model.config.dimension_names}
+        trainer = train_srm(model, tokenizer, train_groups, output_dir, tuner="full", task_grouping="single",
+                            feature_cache=cache, save=False, num_train_epochs=args.epochs, batch_size=args.batch_size,
+                            head_learning_rate=args.head_lr, seed=seed, save_checkpoints=False, logging_steps=500,
+                            show_progress=False)
+    return model, {"train_seconds": round(time.time() - started, 1), "optimizer_steps": trainer.state.global_step,
+                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def _pct(value):
-    return "-" if value is None else f"{100 * value:.1f}"
+# ---------------------------------------------------------------------------------------------------------
+# zero-shot judges on the cached encoder outputs
+# ---------------------------------------------------------------------------------------------------------
+def zero_shot(model, tokenizer, cache, groups) -> dict[str, float]:
+    """Pairwise accuracy of two untrained judges: cosine(prompt, response segment) of the frozen encoder, and
+    'prefer the shorter answer' (characters)."""
+    joint = EncoderEmbeddingBranch(model, tokenizer, "joint", show_progress=False)
+    prompt_branch = EncoderEmbeddingBranch(model, tokenizer, "prompt", show_progress=False)
+    hidden = model.backbone.config.hidden_size
+    tallies = {"cosine": [], "shorter": []}
+    for g in groups:
+        emb = cache.get_or_compute(joint, [g.prompt] * len(g.responses), g.responses)[:, hidden:]
+        p = cache.get_or_compute(prompt_branch, [g.prompt], [""])[0]
+        cos = torch.nn.functional.cosine_similarity(emb, p.unsqueeze(0), dim=-1).tolist()
+        for pair in g.pairs:
+            if not pair.overall:
+                continue
+            for name, a, b in (("cosine", cos[pair.better], cos[pair.worse]),
+                               ("shorter", -len(g.responses[pair.better]), -len(g.responses[pair.worse]))):
+                tallies[name].append(1.0 if a > b else (0.5 if a == b else 0.0))
+    return {k: (statistics.fmean(v) if v else None) for k, v in tallies.items()}
 
 
-HEADLINE_KEYS = ("rm_easy", "rm_normal", "rm_hard", "rm_average", "if_level-1", "if_level-2", "if_level-3",
-                 "ifbench", "all_pairs")
+def binomial_below_chance(accuracy: float, pairs: int) -> bool:
+    """True when accuracy is significantly below 50% (one-sided normal approximation, p < 0.05). Pairs of
+    one prompt are correlated, so this is lenient; it is a flag, not a test of the method."""
+    if not pairs or accuracy is None:
+        return False
+    return (accuracy - 0.5) / (0.5 / pairs ** 0.5) < -1.645
 
 
-def headline(metrics: dict) -> dict:
-    rm, domains = metrics.get("rm_bench", {}), metrics["by_domain"]
-    values = {"rm_easy": rm.get("easy"), "rm_normal": rm.get("normal"), "rm_hard": rm.get("hard"),
-              "rm_average": rm.get("average"), "ifbench": metrics["by_source"].get("ifbench", {}).get("accuracy"),
-              "all_pairs": metrics["accuracy"]}
-    for level in ("level-1", "level-2", "level-3"):
-        values[f"if_{level}"] = domains.get(level, {}).get("accuracy")
-    for domain, cells in rm.get("by_domain", {}).items():
-        values[f"rm_{domain}"] = cells["average"]
-    return values
-
-
-def mean_headline(runs: list[dict]) -> dict:
-    keys = {k for r in runs for k in r["headline"]}
-    out = {}
-    for key in keys:
-        values = [r["headline"].get(key) for r in runs if r["headline"].get(key) is not None]
-        out[key] = sum(values) / len(values) if values else None
-    return out
-
-
-def _row(name: str, values: dict) -> str:
-    return f"| {name} | " + " | ".join(_pct(values.get(k)) for k in HEADLINE_KEYS) + " |"
-
-
-def markdown(report: dict) -> str:
-    header = ("| model | RM-Bench easy | normal | hard | avg | IFBench L1 | L2 | L3 | IFBench all | all pairs |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
-    seeds = report["budget"]["seeds"]
-    mean_rows = [_row(f"{name} (mean of {len(seeds)} seeds)", values) for name, values in report["mean"].items()]
-    seed_rows = [_row(f"{r['name']}, seed {r['seed']}", r["headline"]) for r in report["runs"]]
-    first = report["runs"][0]["metrics"]
-    counts = (f"test pairs: RM-Bench {first.get('rm_bench', {}).get('prompts', 0)} prompts x 9 comparisons; IFBench "
-              + ", ".join(f"{lvl} {first['by_domain'].get(lvl, {}).get('pairs', 0)}"
-                          for lvl in ("level-1", "level-2", "level-3")) + " pairs")
-    domain_rows = []
-    for name, values in report["mean"].items():
-        for domain in sorted(first.get("rm_bench", {}).get("by_domain", {})):
-            domain_rows.append(f"| {name} | {domain} | {first['rm_bench']['by_domain'][domain]['prompts']} | "
-                               f"{_pct(values.get('rm_' + domain))} |")
-    srm_run = next((r for r in report["runs"] if r["metrics"]["dimensions"]), None)
-    dim_rows = [f"| {name} | {_pct(v['accuracy'])} | {v['pairs']} |"
-                for name, v in (srm_run["metrics"]["dimensions"] if srm_run else {}).items()]
-    b = report["budget"]
-    delta = report["srm_minus_scalar_points"]
-    return "\n".join([
-        "# SRM vs scalar reward model (held-out prompts)", "",
-        f"Pairwise accuracy in % on the test prompts of `splits/preference-split.json` "
-        f"({report['data']['test_groups']} test / {report['data']['train_groups']} train response groups; {counts}). "
-        "RM-Bench: easy = chosen more styled than rejected, normal = same style, hard = chosen less styled; "
-        "avg = all 9 cells.", "",
-        header, *mean_rows, "",
-        f"SRM minus scalar (seed means): RM-Bench avg {delta['rm_average']:+.1f} points, IFBench "
-        f"{delta['ifbench']:+.1f}, all pairs {delta['all_pairs']:+.1f} (target: +5).", "",
-        "Per seed:", "", header, *seed_rows, "",
-        "RM-Bench average accuracy by domain (seed means):", "",
-        "| model | domain | test prompts | avg |", "|---|---|---|---|", *domain_rows, "",
-        f"SRM per-dimension accuracy (the dimension's own score, seed {srm_run['seed'] if srm_run else '-'}) on test "
-        "pairs labelled for that dimension:", "",
-        "| dimension | accuracy | labelled pairs |", "|---|---|---|", *dim_rows, "",
-        "## Budget and setup", "",
-        f"- command: `{report['command']}`",
-        f"- backbone `{b['backbone']}` frozen, its pooled outputs cached; max {b['max_length']} tokens for "
-        f"prompt+response, {b['max_prompt_length']} for the prompt, {b['similarity_max_length']} for the similarity "
-        f"branch; {b['epochs']} epochs, batch {b['batch_size']} response groups, head lr {b['head_lr']}, "
-        f"seeds {', '.join(map(str, seeds))}, tuner full; likelihood branch {'on' if b['with_likelihood'] else 'off'}.",
-        f"- training data: RM-Bench train prompts (all 9 chosen x rejected pairs per prompt + style-only pairs) and "
-        f"IFBench train pairs; {report['data']['dropped_overlap']} train groups whose prompt text also occurs in the "
-        f"test split were dropped.",
-        *[f"- {r['name']} (seed {r['seed']}): {r['train_items']} task-tagged items ({', '.join(r['train_tasks'])}), "
-          f"{r['optimizer_steps']} optimizer steps, {r['trainable_parameters']:,} trainable parameters, "
-          f"trained in {r['train_seconds']} s" for r in report["runs"]],
-        f"- feature/encoder caching took {report['timing']['features_seconds']} s (near 0 when the cache file already "
-        f"held every response); total wall time {report['timing']['total_seconds']} s.",
-        f"- machine: {report['machine']}.", ""])
-
-
+# ---------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     started = time.time()
     train, test, dropped = load_data(args.data_root, args.limit)
-    print(f"train groups {len(train)}, test groups {len(test)} (dropped {dropped} overlapping)", flush=True)
+    if args.train_fraction < 1.0:
+        kept = []
+        for domain in RMBENCH_DOMAINS + ("ifbench",):
+            rows = [g for g in train if domain_of(g) == domain]
+            step = len(rows) / max(1, round(len(rows) * args.train_fraction))
+            kept += [rows[int(i * step)] for i in range(round(len(rows) * args.train_fraction))]
+        train = kept
+    print(f"train groups {len(train)}, test groups {len(test)} (dropped {dropped} overlapping)", file=sys.stderr)
     from transformers import AutoTokenizer
 
     from sft_core.hub import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.backbone))
+    os.makedirs(os.path.dirname(args.cache), exist_ok=True)
     cache = FeatureCache(args.cache)
-    # Fill the cache once (both models read the same encoder outputs; the SRM also reads its side branches).
-    features_started = time.time()
-    from srm.trainer import precompute_group_tensors
+    warm = build_model(args, "srm", 0)
+    prompt_branch = EncoderEmbeddingBranch(warm, tokenizer, "prompt", show_progress=False)
+    unique = list(dict.fromkeys(g.prompt for g in train + test))
+    vectors = cache.get_or_compute(prompt_branch, unique, [""] * len(unique))
+    prompt_vectors = dict(zip(unique, vectors))
+    off_train = offprompt_groups(train, prompt_vectors, args.neighbour_max_cosine, all_styles=False)
+    off_test = offprompt_groups(test, prompt_vectors, args.neighbour_max_cosine, all_styles=True)
+    # Test sets first: an interrupted fill (saved every chunk) then already serves the evaluations.
+    features_seconds = fill_cache(warm, tokenizer, test + off_test + train + off_train, cache)
+    if args.stage == "features":
+        print(f"cache filled in {features_seconds:.0f} s", file=sys.stderr)
+        return 0
 
-    warm = build_model(args, scalar=False)
-    precompute_group_tensors(warm, tokenizer, train + test, cache)
-    features_seconds = time.time() - features_started
+    truncated = truncated_responses(tokenizer, warm.config, [g.prompt for g in test for _ in g.responses],
+                                    [r for g in test for r in g.responses])
+    test_responses = len(truncated)
+    judges = {"split-test": zero_shot(warm, tokenizer, cache, test), "offprompt-test": zero_shot(warm, tokenizer, cache, off_test)}
+    for domain in RMBENCH_DOMAINS:
+        held = [g for g in train + test if domain_of(g) == domain]
+        judges[f"lodo-{domain}"] = zero_shot(warm, tokenizer, cache, held)
     del warm
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    legacy_seeds = [int(s) for s in args.legacy_seeds.split(",") if s.strip()]
+    recipes = [r for r in args.recipes.split(",") if r]
     runs = []
-    for seed in [int(x) for x in args.seeds.split(",")]:
-        args.seed = seed
-        for name, scalar in (("scalar RM", True), ("SRM", False)):
-            run = run_one(args, name, scalar, train, test, cache, tokenizer)
-            run["seed"], run["headline"] = seed, headline(run["metrics"])
-            runs.append(run)
-    cache.save()
-    mean = {name: mean_headline([r for r in runs if r["name"] == name]) for name in ("scalar RM", "SRM")}
 
-    def points(key):
-        a, b = mean["SRM"].get(key), mean["scalar RM"].get(key)
-        return round(100 * (a - b), 1) if a is not None and b is not None else 0.0
+    def run(recipe, seed, setting, train_groups, eval_sets):
+        model, info = train_one(args, recipe, seed, train_groups, cache, tokenizer)
+        result = {"recipe": recipe, "seed": seed, "setting": setting, **info, "eval": {}}
+        for name, groups in eval_sets.items():
+            metrics, gates = evaluate(model, tokenizer, cache, groups)
+            result["eval"][name] = {"accuracy": metrics["accuracy"], "pairs": metrics["pairs"],
+                                    "rm_bench": metrics.get("rm_bench"), "by_domain": metrics["by_domain"],
+                                    "dimensions": metrics["dimensions"], "gate_means": gates}
+        runs.append(result)
+        summary = ", ".join(f"{n} {100 * v['accuracy']:.1f}" for n, v in result["eval"].items())
+        print(f"[{setting}] {recipe} seed {seed}: {summary} ({info['train_seconds']} s)", file=sys.stderr, flush=True)
+        del model
 
-    report = {
-        "command": " ".join(["python", "benchmarks/srm_quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "mean": mean,
-        "srm_minus_scalar_points": {key: points(key) for key in ("rm_average", "rm_easy", "rm_normal", "rm_hard",
-                                                                 "ifbench", "all_pairs")},
-        "runs": runs,
-        "data": {"train_groups": len(train), "test_groups": len(test), "dropped_overlap": dropped,
-                 "data_root": os.path.abspath(args.data_root)},
-        "budget": {"backbone": args.backbone, "max_length": args.max_length, "max_prompt_length": args.max_prompt_length,
-                   "similarity_max_length": args.similarity_max_length, "epochs": args.epochs,
-                   "batch_size": args.batch_size, "head_lr": args.head_lr, "seeds": [r["seed"] for r in runs][::2],
-                   "frozen_backbone": True, "with_likelihood": args.with_likelihood, "limit": args.limit},
-        "timing": {"features_seconds": round(features_seconds, 1), "total_seconds": round(time.time() - started, 1)},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
-                   f"torch {torch.__version__}, {platform.python_version()}",
-    }
+    for recipe in recipes:
+        uses_offprompt = RECIPES[recipe][2]
+        for seed in (legacy_seeds if recipe.endswith("-legacy") else seeds):
+            train_groups = train + (off_train if uses_offprompt else [])
+            run(recipe, seed, "split", train_groups, {"test": test, "offprompt": off_test})
+            if args.no_lodo:
+                continue
+            for domain in RMBENCH_DOMAINS:
+                fold_train = [g for g in train if domain_of(g) != domain]
+                if uses_offprompt:
+                    fold_train += [g for g in off_train if g.subset != domain]
+                held = [g for g in train + test if domain_of(g) == domain]
+                run(recipe, seed, f"lodo-{domain}", fold_train, {"heldout": held})
+
+    report = build_report(args, argv, runs, judges, recipes, seeds, legacy_seeds, train, test, off_train, off_test,
+                          dropped, features_seconds, started, sum(truncated), test_responses)
     os.makedirs(args.output_dir, exist_ok=True)
-    for name, text in (("srm_quality.json", json.dumps(report, indent=2) + "\n"), ("srm_quality.md", markdown(report))):
-        fd, tmp = tempfile.mkstemp(dir=args.output_dir, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.path.join(args.output_dir, name))
+    atomic_write_text(os.path.join(args.output_dir, "srm_quality.json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(os.path.join(args.output_dir, "srm_quality.md"), markdown(report))
     print(markdown(report))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _std(values):
+    values = [v for v in values if v is not None]
+    return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def recipe_table(runs, recipe) -> dict:
+    """Per seed and mean: split RM-Bench avg, IFBench, all test pairs, off-prompt, each LODO fold, LODO avg."""
+    per_seed = {}
+    for r in runs:
+        if r["recipe"] != recipe:
+            continue
+        row = per_seed.setdefault(r["seed"], {})
+        if r["setting"] == "split":
+            test = r["eval"]["test"]
+            row["rm_bench_avg"] = (test.get("rm_bench") or {}).get("average")
+            row["ifbench"] = test["by_domain"].get("level-1") and _mean(
+                [test["by_domain"][d]["accuracy"] for d in test["by_domain"] if d.startswith("level-")])
+            pairs = {d: v["pairs"] for d, v in test["by_domain"].items() if d.startswith("level-")}
+            if pairs:
+                row["ifbench"] = sum(test["by_domain"][d]["accuracy"] * n for d, n in pairs.items()) / sum(pairs.values())
+            row["test_all"] = test["accuracy"]
+            row["offprompt"] = r["eval"]["offprompt"]["accuracy"]
+            row["offprompt_by_domain"] = {d.split("/", 1)[1]: v["accuracy"]
+                                          for d, v in r["eval"]["offprompt"]["by_domain"].items()}
+            row["gates_test"] = r["eval"]["test"]["gate_means"]
+            row["gates_offprompt"] = r["eval"]["offprompt"]["gate_means"]
+            row["relevance_dimension_offprompt"] = r["eval"]["offprompt"]["dimensions"].get("relevance", {}).get("accuracy")
+        else:
+            held = r["eval"]["heldout"]
+            row[r["setting"]] = (held.get("rm_bench") or {}).get("average")
+    for row in per_seed.values():
+        folds = [row.get(f"lodo-{d}") for d in RMBENCH_DOMAINS]
+        row["lodo_avg"] = _mean(folds) if all(f is not None for f in folds) else None
+    keys = ["rm_bench_avg", "ifbench", "test_all", "offprompt", "lodo_avg"] + [f"lodo-{d}" for d in RMBENCH_DOMAINS]
+    mean = {k: _mean([row.get(k) for row in per_seed.values()]) for k in keys}
+    std = {k: _std([row.get(k) for row in per_seed.values()]) for k in keys}
+    return {"per_seed": per_seed, "mean": mean, "std": std}
+
+
+def _copy_speed(key):
+    path = os.path.join(ROOT, "docs", "results", "srm_speed.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            summary = json.load(handle).get("summary", {})
+        return summary.get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(value):
+    return None if value is None else round(100 * value, 1)
+
+
+def build_report(args, argv, runs, judges, recipes, seeds, legacy_seeds, train, test, off_train, off_test, dropped,
+                 features_seconds, started, truncated, test_responses) -> dict:
+    tables = {recipe: recipe_table(runs, recipe) for recipe in recipes}
+    below = []
+    for r in runs:
+        for name, ev in r["eval"].items():
+            for scope, values in [("all", {"accuracy": ev["accuracy"], "pairs": ev["pairs"]}), *ev["by_domain"].items()]:
+                if binomial_below_chance(values["accuracy"], values["pairs"]):
+                    below.append(f"{r['recipe']} seed {r['seed']} {r['setting']}/{name}/{scope}: "
+                                 f"{100 * values['accuracy']:.1f}% of {values['pairs']}")
+
+    def pick(recipe, key):
+        return _pct(tables.get(recipe, {}).get("mean", {}).get(key))
+
+    summary = {
+        "leave_one_domain_out": {"srm": pick("srm", "lodo_avg"), "scalar": pick("scalar", "lodo_avg")},
+        "off_prompt_negatives": {"srm": pick("srm", "offprompt"), "scalar": pick("scalar", "offprompt")},
+        "rm_bench_avg": {"srm": pick("srm", "rm_bench_avg"), "scalar": pick("scalar", "rm_bench_avg")},
+        "throughput_ratio": _copy_speed("throughput_ratio"),
+        "judge_speedup": _copy_speed("judge_speedup"),
+        "seeds": seeds,
+    }
+    return {
+        "summary": summary,
+        "command": " ".join(["python", "benchmarks/srm_quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        "tables": tables,
+        "zero_shot_judges": judges,
+        "below_chance_flags": below,
+        "truncation": {"test_responses": test_responses, "truncated": truncated, "window": args.max_length},
+        "runs": runs,
+        "data": {"train_groups": len(train), "test_groups": len(test), "dropped_overlap": dropped,
+                 "offprompt_train_groups": len(off_train), "offprompt_test_groups": len(off_test),
+                 "offprompt_test_pairs": sum(len(g.pairs) for g in off_test),
+                 "neighbour_max_cosine": args.neighbour_max_cosine},
+        "budget": {"backbone": args.backbone, "max_length": args.max_length, "max_prompt_length": args.max_prompt_length,
+                   "epochs": args.epochs, "batch_size": args.batch_size, "head_lr": args.head_lr, "seeds": seeds,
+                   "legacy_seeds": legacy_seeds, "frozen_backbone": True, "task_grouping": "single",
+                   "limit": args.limit, "train_fraction": args.train_fraction},
+        "timing": {"features_seconds": round(features_seconds, 1), "total_seconds": round(time.time() - started, 1)},
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+                   f"torch {torch.__version__}, Python {platform.python_version()}",
+    }
+
+
+def _f(value):
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(report: dict) -> str:
+    s, t, d, b = report["summary"], report["tables"], report["data"], report["budget"]
+    lines = ["# SRM vs scalar reward model: held-out prompts and generalization proxies", "",
+             "Pairwise accuracy in %, frozen `" + b["backbone"] + "` backbone for every model, mean over seeds "
+             f"{', '.join(map(str, b['seeds']))} (the `-legacy` rows: seed(s) {', '.join(map(str, b['legacy_seeds']))}).",
+             "", "## Summary", "",
+             "| | SRM | scalar |", "|---|---|---|",
+             f"| leave-one-domain-out average (RM-Bench avg on the held-out domain) | {s['leave_one_domain_out']['srm']} | "
+             f"{s['leave_one_domain_out']['scalar']} |",
+             f"| off-prompt negatives | {s['off_prompt_negatives']['srm']} | {s['off_prompt_negatives']['scalar']} |",
+             f"| RM-Bench avg, split test prompts | {s['rm_bench_avg']['srm']} | {s['rm_bench_avg']['scalar']} |", "",
+             f"throughput ratio (SRM / scalar scoring, from srm_speed.json): {s['throughput_ratio']}; "
+             f"speed-up over a generative judge: {s['judge_speedup']}.", "",
+             "## All recipes", "",
+             "| recipe | RM-Bench avg (split) | IFBench (split) | all test pairs | off-prompt | LODO avg | "
+             + " | ".join(f"LODO {x}" for x in RMBENCH_DOMAINS) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(RMBENCH_DOMAINS)]
+    for recipe, table in t.items():
+        m, sd = table["mean"], table["std"]
+        cells = [f"{_f(m[k])} ± {100 * sd[k]:.1f}" if m[k] is not None else "-"
+                 for k in ["rm_bench_avg", "ifbench", "test_all", "offprompt", "lodo_avg"] + [f"lodo-{x}" for x in RMBENCH_DOMAINS]]
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    lines += ["", "(± is the spread over seeds, population standard deviation.)", "",
+              "Zero-shot judges on the same sets (no training):", "",
+              "| set | cosine(prompt, response) | prefer shorter |", "|---|---|---|"]
+    for name, values in report["zero_shot_judges"].items():
+        lines.append(f"| {name} | {_f(values['cosine'])} | {_f(values['shorter'])} |")
+    lines += ["", "Off-prompt accuracy by domain of the prompt (seed means):", "",
+              "| recipe | " + " | ".join(RMBENCH_DOMAINS + ("ifbench",)) + " |", "|---|" + "---|" * 5]
+    for recipe, table in t.items():
+        seeds = list(table["per_seed"].values())
+        cells = [_f(_mean([row.get("offprompt_by_domain", {}).get(x) for row in seeds]))
+                 for x in RMBENCH_DOMAINS + ("ifbench",)]
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean gate weights (first seed; split test prompts / off-prompt set) and the relevance dimension's own "
+              "accuracy on off-prompt pairs:", "", "| recipe | gates on test | gates on off-prompt | relevance dim. |",
+              "|---|---|---|---|"]
+    for recipe, table in t.items():
+        first = next(iter(table["per_seed"].values()), {})
+        if not first.get("gates_test"):
+            continue
+        fmt = lambda g: ", ".join(f"{k} {v:.2f}" for k, v in g.items())  # noqa: E731
+        lines.append(f"| {recipe} | {fmt(first['gates_test'])} | {fmt(first['gates_offprompt'])} | "
+                     f"{_f(first.get('relevance_dimension_offprompt'))} |")
+    flags = report["below_chance_flags"]
+    lines += ["", f"Sets significantly below chance (one-sided p < 0.05, normal approximation): "
+              + ("none" if not flags else "; ".join(flags)), "",
+              "## Budget and setup", "",
+              f"- command: `{report['command']}`",
+              f"- backbone `{b['backbone']}` frozen, pooled outputs cached; joint window {b['max_length']} tokens with "
+              f"head+tail truncation ({report['truncation']['truncated']} of {report['truncation']['test_responses']} "
+              f"split-test responses truncated), prompt pass {b['max_prompt_length']} tokens; {b['epochs']} epochs, "
+              f"batch {b['batch_size']} response groups (task grouping single), head lr {b['head_lr']}, tuner full.",
+              f"- data: {d['train_groups']} train / {d['test_groups']} test response groups of the canonical split "
+              f"({d['dropped_overlap']} train groups whose prompt also occurs in the test split dropped); off-prompt "
+              f"negatives: {d['offprompt_train_groups']} train groups (one pair each, used only by recipes marked "
+              f"so) and {d['offprompt_test_groups']} test groups ({d['offprompt_test_pairs']} pairs); neighbours "
+              f"with cosine > {d['neighbour_max_cosine']} skipped.",
+              f"- LODO: train on the train prompts of three RM-Bench domains + IFBench (+ their off-prompt pairs), "
+              f"test on all prompts of the fourth.",
+              f"- feature/encoder caching {report['timing']['features_seconds']} s (near 0 with a warm cache); total "
+              f"wall time {report['timing']['total_seconds']} s.",
+              f"- machine: {report['machine']}.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

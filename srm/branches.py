@@ -10,7 +10,10 @@ A feature branch is any object with
 Branches are frozen, so their outputs are cached per example (:class:`FeatureCache`) and can be computed in
 parallel (:func:`compute_branch_features`). A generative "judge" branch (paper mode: a small LM writes or
 scores a critique and exposes e.g. P("yes")) plugs in the same way: subclass :class:`FeatureBranch` and
-register it with :func:`register_feature_branch`.
+register it with :func:`register_feature_branch`; :class:`JudgeBranch` is the built-in one.
+
+``monotone_features`` lists ``(feature index, +1 | -1)`` for a branch's main raw signals: with
+``SRMConfig.monotone_scorers`` the dimension score is monotone in them (see ``srm.modeling_srm.MonotoneScorer``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from safetensors.torch import load_file, save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from sft_core.atomic_io import atomic_write_bytes
+from sft_core.nn_utils import mean_pool
 
 
 class FeatureBranch:
     kind: str = ""
     feature_size: int = 0
+    monotone_features: tuple[tuple[int, int], ...] = ()
 
     @property
     def cache_key(self) -> str:
@@ -122,16 +127,14 @@ def restore_order(rows: torch.Tensor, order: list[int]) -> torch.Tensor:
     return out
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
 class SimilarityBranch(FeatureBranch):
-    """Cosine similarity of mean-pooled, normalized prompt and response embeddings, plus their element-wise
-    product (so the scorer can learn *which* directions of agreement matter)."""
+    """Cosine similarity of mean-pooled, normalized prompt and response embeddings from a *separate* embedding
+    model, plus their element-wise product. Only used when the similarity model differs from the SRM's backbone;
+    by default the SRM reuses its own encoder instead (``SharedSimilarityScorer``: no second model, no extra
+    pass)."""
 
     kind = "similarity"
+    monotone_features = ((0, 1),)  # the cosine
 
     def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 32, name: str = "",
                  show_progress: bool = False):
@@ -186,6 +189,7 @@ class LikelihoodBranch(FeatureBranch):
 
     kind = "likelihood"
     feature_size = len(LIKELIHOOD_FEATURE_NAMES)
+    monotone_features = ((0, 1),)  # mean token log-probability
 
     def __init__(self, model, tokenizer, max_length: int = 256, max_prompt_length: int = 128, batch_size: int = 8,
                  name: str = "", show_progress: bool = False):
@@ -252,6 +256,100 @@ class LikelihoodBranch(FeatureBranch):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# judge: a small causal LM answers a fixed verification question; P("Yes") in one forward pass
+# ---------------------------------------------------------------------------------------------------------
+JUDGE_QUESTION = ("Here is a user request and a response.\n\nRequest:\n{prompt}\n\nResponse:\n{response}\n\n"
+                  "Does the response answer this request correctly and helpfully? Answer Yes or No.")
+JUDGE_FEATURE_NAMES = ("yes_minus_no_logprob", "yes_logprob")
+
+
+class JudgeBranch(FeatureBranch):
+    """A cheap LM judge: the chat-templated verification question :data:`JUDGE_QUESTION`, one forward pass, and
+    the next-token log-probabilities of "Yes" and "No" (no generation). Features: ``log P(Yes) - log P(No)``
+    (the monotone signal) and ``log P(Yes)``. Prompt and response are cut head+tail to fit ``max_length``."""
+
+    kind = "judge"
+    feature_size = len(JUDGE_FEATURE_NAMES)
+    monotone_features = ((0, 1),)
+
+    def __init__(self, model, tokenizer, max_length: int = 384, batch_size: int = 8, name: str = "",
+                 show_progress: bool = False):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.show_progress = show_progress
+        self.yes_ids = self._answer_ids(("Yes", " Yes", "yes"))
+        self.no_ids = self._answer_ids(("No", " No", "no"))
+
+    def _answer_ids(self, words) -> list[int]:
+        ids = []
+        for word in words:
+            tokens = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(tokens) == 1 and tokens[0] not in ids and tokens[0] != self.tokenizer.unk_token_id:
+                ids.append(tokens[0])
+        if not ids:
+            raise ValueError("the judge tokenizer has no single-token Yes/No answers")
+        return ids
+
+    @property
+    def cache_key(self) -> str:
+        return f"judge:v1:{self.name}:{self.max_length}"
+
+    def _sequence(self, prompt: str, response: str) -> list[int]:
+        from .collate import head_tail
+
+        def render(p, r):
+            messages = [{"role": "user", "content": JUDGE_QUESTION.format(prompt=p, response=r)}]
+            if getattr(self.tokenizer, "chat_template", None):
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            return self.tokenizer(messages[0]["content"] + "\nAnswer:", add_special_tokens=True)["input_ids"]
+
+        ids = render(prompt, response)
+        if len(ids) <= self.max_length:
+            return ids
+        # Too long: cut the middle of the prompt (to at most a third of the room) and of the response.
+        overhead = len(render("", ""))
+        room = max(8, self.max_length - overhead)
+        tok = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        p_ids, r_ids = tok(prompt), tok(response)
+        keep_p = min(len(p_ids), max(room // 3, room - len(r_ids)))
+        keep_r = max(1, room - keep_p)
+        p_text = self.tokenizer.decode(head_tail(p_ids, keep_p))
+        r_text = self.tokenizer.decode(head_tail(r_ids, keep_r))
+        return render(p_text, r_text)[-self.max_length:]
+
+    @torch.inference_mode()
+    def extract(self, prompts, responses):
+        device = next(self.model.parameters()).device
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.tokenizer.eos_token_id or 0)
+        sequences = [self._sequence(p, r) for p, r in zip(prompts, responses)]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        rows = []
+        starts = range(0, len(sequences), self.batch_size)
+        for start in tqdm(starts, desc="judge branch", disable=not self.show_progress or len(starts) < 2):
+            batch = [sequences[i] for i in order[start:start + self.batch_size]]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):  # left padding: the answer is predicted at the last position
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention[row, width - len(ids):] = 1
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                position_ids=positions.to(device)).logits[:, -1].float().cpu()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            yes = torch.logsumexp(log_probs[:, self.yes_ids], dim=-1)
+            no = torch.logsumexp(log_probs[:, self.no_ids], dim=-1)
+            rows.extend(torch.stack([yes - no, yes], dim=-1).tolist())
+        if not rows:
+            return torch.zeros(0, self.feature_size)
+        return restore_order(torch.tensor(rows, dtype=torch.float32), order)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # registry, construction from a config, cache
 # ---------------------------------------------------------------------------------------------------------
 def _build_style(settings: dict, device: str) -> FeatureBranch:
@@ -280,19 +378,31 @@ def _build_likelihood(settings: dict, device: str) -> FeatureBranch:
                             max_prompt_length=settings.get("max_prompt_length", 128), name=settings["model"])
 
 
+def _build_judge(settings: dict, device: str) -> FeatureBranch:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft_core.hub import resolve_model
+
+    path = resolve_model(settings["model"])
+    model = AutoModelForCausalLM.from_pretrained(path).to(device)
+    return JudgeBranch(model, AutoTokenizer.from_pretrained(path), max_length=settings.get("max_length", 384),
+                       name=settings["model"])
+
+
 FEATURE_BRANCH_BUILDERS: dict[str, Callable[[dict, str], FeatureBranch]] = {
-    "style": _build_style, "similarity": _build_similarity, "likelihood": _build_likelihood,
+    "style": _build_style, "similarity": _build_similarity, "likelihood": _build_likelihood, "judge": _build_judge,
 }
 
 
-def register_feature_branch(kind: str, builder: Callable[[dict, str], FeatureBranch]) -> None:
-    """Make a new branch kind (e.g. a generative judge) buildable from ``SRMConfig.feature_branches``."""
-    from . import configuration_srm
+def register_feature_branch(kind: str, builder: Callable[[dict, str], FeatureBranch],
+                            default_settings: dict | None = None) -> None:
+    """Make a new branch kind (e.g. a generative judge) usable by dimensions (``name:kind``) and buildable from
+    ``SRMConfig.feature_branches``: ``builder(settings, device) -> FeatureBranch``. Register it (e.g. on import
+    of your plugin module) before building or loading an SRM that uses it."""
+    from .configuration_srm import register_branch_kind
 
+    register_branch_kind(kind, default_settings)
     FEATURE_BRANCH_BUILDERS[kind] = builder
-    if kind not in configuration_srm.FEATURE_BRANCH_KINDS:
-        configuration_srm.FEATURE_BRANCH_KINDS = configuration_srm.FEATURE_BRANCH_KINDS + (kind,)
-        configuration_srm.BRANCH_KINDS = configuration_srm.BRANCH_KINDS + (kind,)
 
 
 def build_feature_branches(config, overrides: dict[str, FeatureBranch] | None = None,
@@ -303,12 +413,19 @@ def build_feature_branches(config, overrides: dict[str, FeatureBranch] | None = 
     branches = {}
     for kind in config.used_feature_branches:
         settings = config.feature_branches.setdefault(kind, {})
-        branch = overrides[kind] if kind in overrides else FEATURE_BRANCH_BUILDERS[kind](settings, device)
+        if kind in overrides:
+            branch = overrides[kind]
+        elif kind in FEATURE_BRANCH_BUILDERS:
+            branch = FEATURE_BRANCH_BUILDERS[kind](settings, device)
+        else:
+            raise ValueError(f"feature branch kind {kind!r} has no builder in this process; register it with "
+                             "srm.branches.register_feature_branch before building or loading this SRM")
         recorded = settings.get("feature_size")
         if recorded is not None and int(recorded) != branch.feature_size:
             raise ValueError(f"feature branch {kind!r} returns {branch.feature_size} features but the model was "
                              f"trained with {recorded}; use the same branch model/settings as in training")
         settings["feature_size"] = branch.feature_size
+        settings.setdefault("monotone", [list(m) for m in getattr(branch, "monotone_features", ())])
         branches[kind] = branch
     return branches
 

@@ -22,9 +22,38 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 HEAD_BRANCH = "head"
-FEATURE_BRANCH_KINDS = ("style", "similarity", "likelihood")
-BRANCH_KINDS = (HEAD_BRANCH,) + FEATURE_BRANCH_KINDS
+SHARED_ENCODER = "shared"  # similarity-branch model setting: reuse the SRM's own encoder (no second copy)
 LABEL_TYPES = ("pairwise", "rating")
+
+# Default settings of every known feature branch kind; a dimension only instantiates the branch it names.
+# ``register_branch_kind`` (called by ``srm.branches.register_feature_branch``) adds new kinds.
+DEFAULT_FEATURE_BRANCHES: dict[str, dict[str, Any]] = {
+    "style": {},
+    "similarity": {"model": SHARED_ENCODER},
+    "likelihood": {"model": "smollm2-135m", "max_length": 256, "max_prompt_length": 128},
+    "judge": {"model": "smollm2-135m", "max_length": 384},
+}
+
+
+def feature_branch_kinds() -> tuple[str, ...]:
+    """Every feature branch kind known in this process (built-in + registered), in layout order."""
+    return tuple(DEFAULT_FEATURE_BRANCHES)
+
+
+def branch_kinds() -> tuple[str, ...]:
+    return (HEAD_BRANCH,) + feature_branch_kinds()
+
+
+def register_branch_kind(kind: str, default_settings: dict[str, Any] | None = None) -> None:
+    """Make ``kind`` a valid dimension branch (and give its default settings)."""
+    if not kind or not isinstance(kind, str) or kind == HEAD_BRANCH or ":" in kind or "," in kind:
+        raise ValueError(f"invalid branch kind {kind!r}")
+    DEFAULT_FEATURE_BRANCHES[kind] = dict(default_settings or {})
+
+
+# Kept for code that reads the built-in kinds as constants.
+FEATURE_BRANCH_KINDS = ("style", "similarity", "likelihood", "judge")
+BRANCH_KINDS = (HEAD_BRANCH,) + FEATURE_BRANCH_KINDS
 
 
 @dataclass(frozen=True)
@@ -44,8 +73,9 @@ class DimensionSpec:
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"dimension name must be a non-empty string, got {self.name!r}")
-        if self.branch not in BRANCH_KINDS:
-            raise ValueError(f"dimension {self.name!r}: unknown branch {self.branch!r}; choose from {BRANCH_KINDS}")
+        if self.branch not in branch_kinds():
+            raise ValueError(f"dimension {self.name!r}: unknown branch {self.branch!r}; choose from {branch_kinds()} "
+                             "(a custom kind must be registered with srm.branches.register_feature_branch first)")
         if self.label_type not in LABEL_TYPES:
             raise ValueError(f"dimension {self.name!r}: unknown label_type {self.label_type!r}; choose from {LABEL_TYPES}")
 
@@ -69,16 +99,9 @@ DEFAULT_DIMENSIONS: tuple[DimensionSpec, ...] = (
     DimensionSpec("instruction_following", HEAD_BRANCH, "pairwise", "does the answer obey the prompt's constraints"),
     DimensionSpec("safety", HEAD_BRANCH, "pairwise", "refuses harmful requests, answers benign ones"),
     DimensionSpec("style", "style", "pairwise", "verbosity and formatting: length, markdown, lists, code, refusals"),
-    DimensionSpec("relevance", "similarity", "pairwise", "semantic closeness of the answer to the prompt"),
+    DimensionSpec("relevance", "similarity", "pairwise", "is the answer about this prompt (cross-encoder + cosine)"),
     DimensionSpec("fluency", "likelihood", "pairwise", "length-normalized log-likelihood under a small causal LM"),
 )
-
-# Default settings of the feature branches; a dimension only instantiates the branch it names.
-DEFAULT_FEATURE_BRANCHES: dict[str, dict[str, Any]] = {
-    "style": {},
-    "similarity": {"model": "minilm-l6", "max_length": 128},
-    "likelihood": {"model": "smollm2-135m", "max_length": 256, "max_prompt_length": 128},
-}
 
 
 class SRMConfig(PretrainedConfig):
@@ -99,12 +122,26 @@ class SRMConfig(PretrainedConfig):
         gate_hidden_size (`int`, defaults to 128): hidden width of the gate MLP.
         gate_temperature (`float`, defaults to 1.0): softmax temperature of the gate (lower = sharper).
         dropout (`float`, defaults to 0.1): dropout inside heads, scorers and the gate.
-        max_sequence_length (`int`, defaults to 256): token budget of the joint ``prompt + response`` encoder pass.
+        max_sequence_length (`int`, defaults to 512): token budget of the joint ``prompt + response`` encoder pass.
         max_prompt_length (`int`, defaults to 128): token budget of the prompt pass that feeds the gate.
         freeze_backbone (`bool`, defaults to `False`): keep the encoder frozen (heads, gate and scorers train).
         margin_loss (`bool`, defaults to `False`): subtract a per-pair ``margin`` inside the BT loss (as TRL).
         center_rewards_coefficient (`float`, *optional*): weight of TRL's ``mean((r_a + r_b)^2)`` centering term.
         dimension_loss_weight (`float`, defaults to 1.0): weight of each per-dimension loss relative to BT.
+        pooling (`str`, defaults to `"mean"`): ``"mean"`` (encoders) or ``"last"`` (decoders: the last token's state).
+        truncation_head_fraction (`float`, defaults to 0.5): share of a truncated text's kept tokens taken from its
+            start; the rest come from its end (head + tail truncation keeps the end of long answers visible).
+        gate_dropout (`float`, defaults to 0.1): during training each dimension is dropped from the gate's softmax
+            with this probability (per prompt), so the reward cannot lean on one dimension alone.
+        gate_prior_weight (`float`, defaults to 0.05): weight of ``KL(gate || uniform)``: the gate stays near equal
+            weights unless the data pays for moving it.
+        monotone_scorers (`bool`, defaults to `True`): a feature branch's main raw signal (cosine, log-likelihood,
+            P("Yes")) enters its dimension score with a non-negative learned weight, so training can scale it but
+            never flip its sign; the other features add an unconstrained correction.
+        relevance_cross_head (`bool`, defaults to `True`): a shared-encoder similarity dimension also gets a head on
+            the joint ``prompt + response`` encoding (a cross-encoder), trained e.g. on off-prompt negatives.
+        backbone_weights (`str`, defaults to `"included"`): ``"offline"`` saves only heads, scorers, gate and
+            normalization statistics; loading rebuilds the encoder from ``backbone_name_or_path`` (an offline alias).
     """
 
     model_type = "srm"
@@ -120,12 +157,19 @@ class SRMConfig(PretrainedConfig):
         gate_hidden_size: int = 128,
         gate_temperature: float = 1.0,
         dropout: float = 0.1,
-        max_sequence_length: int = 256,
+        max_sequence_length: int = 512,
         max_prompt_length: int = 128,
         freeze_backbone: bool = False,
         margin_loss: bool = False,
         center_rewards_coefficient: float | None = None,
         dimension_loss_weight: float = 1.0,
+        pooling: str = "mean",
+        truncation_head_fraction: float = 0.5,
+        gate_dropout: float = 0.1,
+        gate_prior_weight: float = 0.05,
+        monotone_scorers: bool = True,
+        relevance_cross_head: bool = True,
+        backbone_weights: str = "included",
         **kwargs,
     ):
         if isinstance(backbone_config, PretrainedConfig):
@@ -141,13 +185,27 @@ class SRMConfig(PretrainedConfig):
         if not self.scalar_baseline and not self.dimensions:
             raise ValueError("an SRM needs at least one dimension (or scalar_baseline=True)")
         branches = {k: dict(v) for k, v in (feature_branches or {}).items()}
-        for spec in self.dimension_specs:
-            if spec.branch != HEAD_BRANCH:
-                branches.setdefault(spec.branch, dict(DEFAULT_FEATURE_BRANCHES[spec.branch]))
-        unknown = set(branches) - set(FEATURE_BRANCH_KINDS)
-        if unknown:
-            raise ValueError(f"unknown feature branches {sorted(unknown)}; known: {FEATURE_BRANCH_KINDS}")
-        self.feature_branches = {k: v for k, v in branches.items() if k in self.used_feature_branches}
+        used = {spec.branch for spec in self.dimension_specs if spec.branch != HEAD_BRANCH}
+        for kind in used:
+            branches.setdefault(kind, dict(DEFAULT_FEATURE_BRANCHES.get(kind, {})))
+        # Settings for kinds no dimension uses are dropped (the CLI passes settings for every built-in kind);
+        # a used kind must be known in this process (DimensionSpec already checked that).
+        self.feature_branches = {k: v for k, v in branches.items() if k in used}
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' (encoders) or 'last' (decoders), got {pooling!r}")
+        self.pooling = pooling
+        if not 0.0 <= truncation_head_fraction <= 1.0:
+            raise ValueError("truncation_head_fraction must be in [0, 1]")
+        self.truncation_head_fraction = truncation_head_fraction
+        if not 0.0 <= gate_dropout < 1.0:
+            raise ValueError("gate_dropout must be in [0, 1)")
+        self.gate_dropout = gate_dropout
+        self.gate_prior_weight = gate_prior_weight
+        self.monotone_scorers = bool(monotone_scorers)
+        self.relevance_cross_head = bool(relevance_cross_head)
+        if backbone_weights not in ("included", "offline"):
+            raise ValueError("backbone_weights must be 'included' or 'offline'")
+        self.backbone_weights = backbone_weights
         self.head_hidden_size = head_hidden_size
         self.gate_hidden_size = gate_hidden_size
         if gate_temperature <= 0:
@@ -172,10 +230,23 @@ class SRMConfig(PretrainedConfig):
         return [d["name"] for d in self.dimensions]
 
     @property
+    def shared_similarity(self) -> bool:
+        """True when the similarity branch reuses the SRM's own encoder: its features (prompt-vs-response cosine)
+        come from the encoder passes the model makes anyway, so there is no second model and no extra pass."""
+        settings = self.feature_branches.get("similarity")
+        if settings is None or "similarity" not in {d["branch"] for d in self.dimensions}:
+            return False
+        return settings.get("model", SHARED_ENCODER) in (SHARED_ENCODER, self.backbone_name_or_path)
+
+    @property
     def used_feature_branches(self) -> list[str]:
-        """Feature branch kinds needed by the dimension set, in a fixed order (the feature-vector layout)."""
-        used = {d["branch"] for d in self.dimensions}
-        return [kind for kind in FEATURE_BRANCH_KINDS if kind in used]
+        """Kinds of the *external* feature branches the dimension set needs, in a fixed order (the layout of
+        ``branch_features``); a shared-encoder similarity branch is computed inside the model, not listed."""
+        used = {d["branch"] for d in self.dimensions} - {HEAD_BRANCH}
+        if self.shared_similarity:
+            used.discard("similarity")
+        order = list(feature_branch_kinds()) + sorted(used - set(feature_branch_kinds()))
+        return [kind for kind in order if kind in used]
 
     def feature_size(self, kind: str) -> int:
         size = self.feature_branches.get(kind, {}).get("feature_size")
