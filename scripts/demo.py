@@ -64,7 +64,7 @@ def fine_tune_with_epi(output: Path) -> None:
     section("2. fine-tune smollm2-135m on two tasks with EPI")
     run_cli("sft-core", "train", "--model", "smollm2-135m",
             "--data", "data/demo/sft/capitals.jsonl", "--data", "data/demo/sft/arithmetic.jsonl",
-            "--method", "epi", "--max-steps", "6", "--batch-size", "4", "--max-length", "64", "--lr", "1e-4",
+            "--tuner", "epi", "--max-steps", "6", "--batch-size", "4", "--max-length", "64", "--lr", "1e-4",
             "--warmup-steps", "2", "--update-interval", "2", "--isolation-ratio", "0.1",
             "--save-steps", "1000", "--no-progress", "--output", str(output))
     run_cli("sft-core", "drift-plot", str(output))

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from sft_core.records import Record, RecordError, read_records
+from sft_core.records import Record, RecordError, read_records, validate_records
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -205,16 +205,17 @@ def read_sft_file(spec: str | os.PathLike, mapping: ColumnMapping | None = None,
         rows = read_records(path).records
         if limit is not None:
             rows = rows[:int(limit)]
-    records = []
-    for row in rows:
-        where = row.where
-        data = mapping.to_record(row.data, where) if mapping.active else row.data
+
+    def to_sft_record(row: Record) -> dict:
+        data = mapping.to_record(row.data, row.where) if mapping.active else row.data
         if not isinstance(data, dict):
-            raise SFTDataError(f"{where}: expected a JSON object, got {type(data).__name__}")
+            raise SFTDataError(f"{row.where}: expected a JSON object, got {type(data).__name__}")
         task = task_prefix or data.get("task", file_task)
         if not isinstance(task, str) or not task:
-            raise SFTDataError(f"{where}: 'task' must be a non-empty string")
-        records.append({"task": task, "messages": record_to_messages(data, where), "source": where})
+            raise SFTDataError(f"{row.where}: 'task' must be a non-empty string")
+        return {"task": task, "messages": record_to_messages(data, row.where), "source": row.where}
+
+    records, _ = validate_records(rows, to_sft_record, on_error="raise")
     if not records:
         raise SFTDataError(f"{path}: no records")
     return records
