@@ -25,35 +25,14 @@ DEFAULT_DATA_ROOT = os.path.join("..", "shared", "datasets")
 # ---------------------------------------------------------------------------------------------------------
 # loading models and data
 # ---------------------------------------------------------------------------------------------------------
-def _scorer_for_default_model(batch_size: int):
-    """The SRM shipped with the package (``srm.defaults``), for ``score`` / ``serve`` without ``--model``."""
-    from .scoring import SRMScorer
-
-    try:
-        from . import defaults
-    except ImportError:
-        raise UserError("no --model given and this installation ships no default SRM; "
-                        "pass --model DIR (a directory written by `srm train`)") from None
-    loaded = defaults.load_default_srm()
-    if isinstance(loaded, SRMScorer):
-        loaded.batch_size = max(1, int(batch_size))
-        loaded.show_progress = True
-        return loaded
-    model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, None)
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        from sft_core.hub import resolve_model
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model.config.backbone_name_or_path))
-    return SRMScorer(model, tokenizer, batch_size=batch_size, show_progress=True)
-
-
 def _load_scorer(args):
-    from .scoring import SRMScorer
+    from .scoring import SRMScorer, load_scorer
 
     if args.model is None:
-        return _scorer_for_default_model(args.batch_size)
+        try:
+            return load_scorer(None, batch_size=args.batch_size, show_progress=True)
+        except FileNotFoundError as error:
+            raise UserError(f"no --model given and {error}") from None
     if not os.path.isdir(args.model) or not os.path.exists(os.path.join(args.model, "config.json")):
         raise UserError(f"--model {args.model}: not a saved SRM directory (no config.json); "
                         "train one with `srm train`, or leave --model out to use the default SRM")

@@ -5,10 +5,13 @@
     results = scorer.score([("What is 2+2?", "4"), ("What is 2+2?", "5")])
     results[0].reward, results[0].dimensions, results[0].gates
     scorer.explain_pair(results[0], results[1])   # which dimensions decided the comparison
+
+    scorer = load_scorer()                         # the SRM shipped with the package (srm.defaults)
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -112,3 +115,35 @@ class SRMScorer:
         decided_by = sorted((n for n, c in contributions.items() if c * sign > 0),
                             key=lambda n: -abs(contributions[n]))
         return {"preferred": preferred, "margin": margin, "contributions": contributions, "decided_by": decided_by}
+
+
+def load_scorer(model=None, tokenizer=None, *, batch_size: int = 16, device: str | None = None,
+                show_progress: bool = False) -> SRMScorer:
+    """An :class:`SRMScorer` from whatever names the model:
+
+    * ``None``: the default SRM shipped with the package (``srm.defaults.load_default_srm()``);
+    * a directory written by ``srm train`` (``str`` / ``PathLike``);
+    * a loaded :class:`~srm.modeling_srm.SRMModel` (with ``tokenizer``, else its backbone's tokenizer);
+    * an :class:`SRMScorer` (returned as it is).
+    """
+    if isinstance(model, SRMScorer):
+        return model
+    if model is None:
+        try:
+            from . import defaults
+        except ImportError:
+            raise FileNotFoundError("this installation ships no default SRM (srm/defaults.py); "
+                                    "give a directory written by `srm train`") from None
+        loaded = defaults.load_default_srm()
+        if isinstance(loaded, SRMScorer):
+            loaded.batch_size, loaded.show_progress = max(1, int(batch_size)), show_progress
+            return loaded
+        model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, tokenizer)
+    if isinstance(model, (str, os.PathLike)):
+        return SRMScorer.from_pretrained(os.fspath(model), batch_size=batch_size, device=device,
+                                         show_progress=show_progress)
+    if tokenizer is None:
+        from sft_core.hub import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model.config.backbone_name_or_path))
+    return SRMScorer(model, tokenizer, batch_size=batch_size, device=device, show_progress=show_progress)

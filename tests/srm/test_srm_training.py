@@ -78,3 +78,23 @@ def test_resume_from_checkpoint(tmp_path):
                         show_progress=False, resume_from_checkpoint=True)
     assert trainer.state.epoch == 2 and trainer.state.global_step > 0
     assert PREFERENCE_TASK in {item["task"] for item in trainer.train_dataset.items}
+
+
+def test_optimizer_gives_heads_their_own_rate_and_no_decay_to_biases_and_norms(tmp_path):
+    from srm.trainer import make_trainer
+
+    model, tokenizer = _model()
+    trainer = make_trainer(model, tokenizer, [], str(tmp_path), learning_rate=2e-5, head_learning_rate=1e-3,
+                           weight_decay=0.1, show_progress=False, save_checkpoints=False)
+    optimizer = trainer.create_optimizer()
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    for name, parameter in model.named_parameters():
+        group = group_of[id(parameter)]
+        assert group["lr"] == (2e-5 if name.startswith("backbone.") else 1e-3), name
+        if name.endswith("bias") or "LayerNorm" in name:
+            assert group["weight_decay"] == 0.0, name  # the SRM used to decay these too
+        elif name.endswith(".weight"):
+            assert group["weight_decay"] == 0.1, name
+    assert {g["name"] for g in optimizer.param_groups} == {"backbone/decay", "backbone/no_decay", "head/decay",
+                                                           "head/no_decay"}
+    assert trainer.tuner == "full"
