@@ -9,7 +9,7 @@ why (five causes), and a targeted training plan to fix them.
 - :mod:`.diagnose`    the whole diagnosis; :mod:`.report` its files; :mod:`.mitigation` the new plan
 """
 
-from .attribution import Attribution, attribute, cause_scores
+from .attribution import Attribution, attribute, cause_scores, signal_table_from_arrays
 from .checkers import CHECKERS, exact_match, final_number_match, get_checker, label_match
 from .config import CAUSES, AttributionConfig, DetectionConfig
 from .diagnose import compare_reports, diagnose
@@ -19,4 +19,4 @@ from .mitigation import MitigationConfig, build_plan
 __all__ = ["Attribution", "AttributionConfig", "CAUSES", "CHECKERS", "DetectionConfig", "Dynamics",
            "MitigationConfig", "TrainingDynamicsRecorder", "attribute", "build_plan", "cause_scores",
            "compare_reports", "diagnose", "exact_match", "final_number_match", "get_checker", "label_match",
-           "load_dynamics"]
+           "load_dynamics", "signal_table_from_arrays"]

@@ -11,9 +11,9 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
 ``stages_after``           later stages that trained without it
 ``peak_prob_drop``         best target probability during training minus the final one
 ``base_prob``              base model's geometric-mean probability of the target
-``base_alt_margin``        base mean log-prob/token of the best wrong answer minus that of the target
-``base_alt_prob``          base geometric-mean probability of that wrong answer
 ``pmi``                    base mean log-prob/token of the target with the input minus with a blank input
+``base_alt_pmi``           the same PMI for the tuned model's wrong answer the input raises most
+``base_alt_margin``        ``base_alt_pmi - pmi``: how much more the input points to that answer than to the target
 ``density_percentile``     percentile of input-embedding density (mean cosine to the k nearest samples)
 ``cluster_size``           size of the sample's input cluster
 ``target_length_percentile`` percentile of the target's token count
@@ -28,9 +28,10 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
 - left_forgetting: learned then lost, and no longer trained late (last seen before
   ``early_last_seen_fraction`` of the schedule, or later stages trained without it) -> 0.9 + 0.1 x
   (probability lost / 0.5); learned then lost while still being trained -> 0.3.
-- knowledge_conflict: the base prefers another answer by >= ``conflict_margin_nats`` per token and gives it
-  probability >= ``conflict_alternative_prob`` -> 0.7 + 0.2 x (margin excess); margin without the
-  probability -> 0.3.
+- knowledge_conflict: the input points the base to a wrong answer more than to the target (``base_alt_margin``
+  >= ``conflict_margin_nats``), that answer is input-specific (``base_alt_pmi`` >= ``conflict_alternative_pmi``)
+  and the target is not itself built from the input (``pmi`` < ``skill_target_pmi``) -> 0.7 + 0.2 x
+  (margin excess); the margin alone -> 0.3.
 - knowledge_gap: the base does not know the target (``base_prob`` < ``base_knows_prob``), prefers no other
   answer, and the input tells it nothing about the target (``pmi`` < ``gap_max_pmi_nats``) -> 0.6 + 0.15 x
   (not rare) + 0.15 x (how far pmi is below the threshold, per nat).
@@ -52,7 +53,7 @@ EVIDENCE = {
     "data_inconsistency": ("exact_conflicts", "neighbour_similarity", "neighbour_index"),
     "left_forgetting": ("learned_then_lost", "last_seen_fraction", "stages_after", "peak_prob_drop",
                         "forgetting_events"),
-    "knowledge_conflict": ("base_alt_margin", "base_alt_prob", "base_prob", "base_matches"),
+    "knowledge_conflict": ("base_alt_margin", "base_alt_pmi", "pmi", "base_alt_prob", "base_prob"),
     "knowledge_gap": ("base_prob", "base_alt_margin", "pmi", "base_matches"),
     "under_optimization": ("density_percentile", "cluster_size", "loss_drop", "target_length_percentile", "pmi"),
 }
@@ -108,15 +109,16 @@ def cause_scores(table: dict, config: AttributionConfig | None = None) -> dict[s
 
     # knowledge conflict
     margin = g("base_alt_margin")
+    pmi = g("pmi")
     prefers_other = nan0(margin) >= config.conflict_margin_nats
-    plausible = nan0(g("base_alt_prob")) >= config.conflict_alternative_prob
+    plausible = (nan0(g("base_alt_pmi")) >= config.conflict_alternative_pmi) & \
+                (np.nan_to_num(pmi, nan=-np.inf) < config.skill_target_pmi)
     excess = _clip01((nan0(margin) - config.conflict_margin_nats) / max(config.conflict_margin_nats, 1e-6))
     conflict = np.where(prefers_other & plausible, 0.7 + 0.2 * excess, np.where(prefers_other, 0.3, 0.0))
 
     # rarity (shared by gap and under-optimisation)
     rare = (np.nan_to_num(g("density_percentile"), nan=1.0) <= config.rare_density_percentile) | \
            (np.nan_to_num(g("cluster_size"), nan=np.inf) <= config.rare_cluster_size)
-    pmi = g("pmi")
     informs = nan0(pmi) >= config.gap_max_pmi_nats
 
     # knowledge gap
@@ -168,3 +170,50 @@ def attribute(table: dict, unlearned, config: AttributionConfig | None = None) -
         results.append(Attribution(primary=primary, secondary=secondary, confidence=round(confidence, 4),
                                    scores={c: round(v, 4) for c, v in row.items()}, evidence=evidence))
     return results
+
+
+def signal_table_from_arrays(correct_final, *, probs=None, correct=None, losses=None, steps=None, inputs=None,
+                             targets=None, embeddings=None, last_seen=None, total_steps=None, stage_index=None,
+                             num_stages=None, base_prob=None, config: AttributionConfig | None = None) -> dict:
+    """The signal table for any model type from recorded arrays (how classifiers plug in).
+
+    Args:
+        correct_final: ``[..., N]`` bool, correctness of the final model per seed/attempt (-> ``pass_rate``).
+        probs, correct, losses: ``[C, N]`` gold-label probability / correctness / loss at checkpoints.
+        steps: ``[C]`` checkpoint steps. inputs, targets: ``[N]`` strings (exact-duplicate conflicts).
+        embeddings: ``[N, D]`` input embeddings (neighbour conflicts, density, clusters).
+        last_seen, total_steps, stage_index, num_stages: order signals.
+        base_prob: ``[N]`` the untuned model's probability of the gold label.
+    Every argument is optional except ``correct_final``; what is missing stays out of the table.
+    """
+    from . import signals as S
+
+    config = config or AttributionConfig()
+    table = {"pass_rate": S.pass_rate(correct_final)}
+    if probs is not None and correct is not None:
+        table.update(S.cartography(probs, correct))
+        table["peak_prob_drop"] = S.peak_minus_final(probs)
+    if correct is not None:
+        table["forgetting_events"] = S.forgetting_events(correct).astype(float)
+        table["learned_then_lost"] = S.learned_then_lost(correct).astype(float)
+        if steps is not None:
+            table["step_first_learned"] = S.step_first_learned(correct, steps)
+    if losses is not None and steps is not None:
+        table["loss_drop"] = S.relative_loss_drop(losses, steps)
+    if inputs is not None and targets is not None:
+        table["exact_conflicts"] = S.exact_duplicate_conflicts(inputs, targets)["disagreeing"].astype(float)
+    if embeddings is not None and targets is not None:
+        table["neighbour_similarity"] = S.neighbour_target_conflicts(embeddings, targets,
+                                                                     config.neighbour_similarity)["similarity"]
+    if embeddings is not None:
+        density = S.neighbour_density(embeddings)
+        table["density_percentile"] = S.percentile_rank(density)
+        table["cluster_size"] = S.cluster_sizes(embeddings, config.cluster_distance)[1].astype(float)
+    if last_seen is not None and total_steps:
+        order = S.order_signals(last_seen, last_seen, total_steps, stage_index, num_stages)
+        table["last_seen_fraction"] = order["last_seen_fraction"]
+        if "stages_after" in order:
+            table["stages_after"] = order["stages_after"]
+    if base_prob is not None:
+        table["base_prob"] = np.asarray(base_prob, dtype=float)
+    return table

@@ -48,9 +48,10 @@ class AttributionConfig:
     neighbour_similarity: float = 0.97  # embedding cosine that counts as "the same input"
     # left-side forgetting: learned at a checkpoint, wrong at the end, and no longer trained late
     early_last_seen_fraction: float = 0.8  # last trained before this fraction of the schedule
-    # knowledge conflict: the base model prefers another answer over the target
-    conflict_margin_nats: float = 1.5  # mean log-prob per token: best alternative minus target, under the base
-    conflict_alternative_prob: float = 0.05  # ... and the base gives that alternative at least this probability
+    # knowledge conflict: the base model links this input to another answer (PMI per token, nats)
+    conflict_margin_nats: float = 1.0  # PMI of the best wrong answer minus PMI of the target
+    conflict_alternative_pmi: float = 1.5  # ... and the input raises that answer at least this much
+    skill_target_pmi: float = 2.0  # target PMI this high: the input builds the target (a skill), not a conflict
     # knowledge gap: the base cannot connect this input to this target
     base_knows_prob: float = 0.3  # base geometric-mean target probability above this = base already knows it
     gap_max_pmi_nats: float = 0.5  # mean per-token log p(target|input) - log p(target|blank input) below this

@@ -82,11 +82,17 @@ def _dynamics_signals(dynamics: Dynamics, config: AttributionConfig) -> dict[str
     return table
 
 
-def _alternative_margins(base, tokenizer, items, candidates, base_target_logp, batch_size, max_length,
-                         progress) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """For each sample: the best wrong answer under the base model among ``candidates`` (answers the
-    tuned/base models produced that the checker rejects), its base probability and its margin over the
-    target in mean log-prob per token."""
+def _alternative_margins(base, tokenizer, items, candidates, target_pmi, batch_size, max_length,
+                         progress) -> dict[str, np.ndarray | list]:
+    """For each sample, the wrong answer (among ``candidates``: answers the tuned model gave that the checker
+    rejects) that the base model links most strongly to this input.
+
+    Link strength is the answer's PMI under the base model: mean log-prob per token of the answer given the
+    input minus given a blank input. Raw probabilities are not comparable here: a chat model's preference
+    for its own answer format (a full sentence) and tokenisation quirks swamp what it knows, while both
+    cancel in the PMI. Returns ``alt_pmi``, ``margin`` (alt PMI - target PMI), ``alt_prob`` (the answer's
+    base probability given the input) and ``alt_answer``.
+    """
     n = len(items)
     flat_index, flat_prompts, flat_answers = [], [], []
     for i, options in enumerate(candidates):
@@ -94,24 +100,29 @@ def _alternative_margins(base, tokenizer, items, candidates, base_target_logp, b
             flat_index.append(i)
             flat_prompts.append(items[i].prompt_messages)
             flat_answers.append(answer)
-    margin, alt_prob, alt_answer = np.full(n, np.nan), np.full(n, np.nan), [""] * n
+    result = {"alt_pmi": np.full(n, np.nan), "margin": np.full(n, np.nan), "alt_prob": np.full(n, np.nan),
+              "alt_answer": [""] * n}
     if not flat_answers:
-        return margin, alt_prob, alt_answer
-    scores = score_completions(base, tokenizer, flat_prompts, flat_answers, batch_size, max_length,
-                               progress="base: alternatives" if progress else None)
-    for i, answer, loss in zip(flat_index, flat_answers, scores["loss"]):
-        logp = -loss
-        if np.isnan(margin[i]) or logp - base_target_logp[i] > margin[i]:
-            margin[i] = logp - base_target_logp[i]
-            alt_prob[i] = float(np.exp(logp))
-            alt_answer[i] = answer
-    return margin, alt_prob, alt_answer
+        return result
+    with_input = score_completions(base, tokenizer, flat_prompts, flat_answers, batch_size, max_length,
+                                   progress="base: alternatives" if progress else None, content_only=True)
+    blank = score_completions(base, tokenizer, [neutral_prompt(p) for p in flat_prompts], flat_answers, batch_size,
+                              max_length, progress="base: alternatives, blank input" if progress else None,
+                              content_only=True)
+    for k, (i, answer) in enumerate(zip(flat_index, flat_answers)):
+        pmi = blank["loss"][k] - with_input["loss"][k]
+        if np.isnan(result["alt_pmi"][i]) or pmi > result["alt_pmi"][i]:
+            result["alt_pmi"][i] = pmi
+            result["margin"][i] = pmi - target_pmi[i]
+            result["alt_prob"][i] = with_input["prob"][k]
+            result["alt_answer"][i] = answer
+    return result
 
 
 def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynamics: Dynamics | None,
                          config: AttributionConfig, checker, embeddings: np.ndarray | None,
                          batch_size: int = 16, max_length: int = 512, progress: bool = True,
-                         max_alternatives: int = 4) -> tuple[dict, dict]:
+                         max_alternatives: int = 3) -> tuple[dict, dict]:
     """Every per-sample signal -> ``(table of [N] float arrays, extras with strings)``."""
     tuned_model, tokenizer = tuned
     base_model, base_tokenizer = base
@@ -123,15 +134,18 @@ def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynami
     tuned_scores = score_completions(tuned_model, tokenizer, prompts, targets, batch_size, max_length,
                                      reference_model=base_model, progress="tuned: target" if progress else None)
     table.update(final_loss=tuned_scores["loss"], tuned_prob=tuned_scores["prob"], js_base_tuned=tuned_scores["js"])
+    # Base-model probes score the answer's own tokens (content_only): the chat template's closing tokens
+    # are near-certain for any answer and would pull every per-token comparison towards zero.
     base_scores = score_completions(base_model, base_tokenizer, prompts, targets, batch_size, max_length,
-                                    progress="base: target" if progress else None)
+                                    progress="base: target" if progress else None, content_only=True)
     neutral = score_completions(base_model, base_tokenizer, [neutral_prompt(p) for p in prompts], targets,
-                                batch_size, max_length, progress="base: blank input" if progress else None)
+                                batch_size, max_length, progress="base: blank input" if progress else None,
+                                content_only=True)
     table.update(base_loss=base_scores["loss"], base_prob=base_scores["prob"],
                  pmi=neutral["loss"] - base_scores["loss"])
 
     # "Does the base model's own (greedy) answer match?": every target token is the base's argmax, i.e. its
-    # greedy decoding would produce the target verbatim. Teacher-forced, so no generation is needed.
+    # greedy answer starts with the target. Teacher-forced, so no generation is needed.
     table["base_matches"] = base_scores["correct"].astype(float)
 
     # Wrong answers the tuned model gave (in the SFT answer format; the base's free-form greedy answer is
@@ -145,9 +159,10 @@ def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynami
                 if answer.strip() and not checker(answer, item.target) and key not in options:
                     options[key] = answer
         candidates.append(list(options.values())[:max_alternatives])
-    margin, alt_prob, alt_answer = _alternative_margins(base_model, base_tokenizer, items, candidates,
-                                                        -base_scores["loss"], batch_size, max_length, progress)
-    table.update(base_alt_margin=margin, base_alt_prob=alt_prob)
+    alternatives = _alternative_margins(base_model, base_tokenizer, items, candidates, table["pmi"], batch_size,
+                                        max_length, progress)
+    table.update(base_alt_pmi=alternatives["alt_pmi"], base_alt_margin=alternatives["margin"],
+                 base_alt_prob=alternatives["alt_prob"])
 
     # data consistency
     inputs = ["\n".join(f"{m['role']}: {m['content']}" for m in i.prompt_messages) for i in items]
@@ -166,7 +181,7 @@ def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynami
     table.update(target_tokens=target_tokens, target_length_percentile=S.percentile_rank(target_tokens))
     if dynamics is not None:
         table.update(_dynamics_signals(dynamics, config))
-    extras = {"best_alternative": alt_answer}
+    extras = {"best_alternative": alternatives["alt_answer"]}
     return table, extras
 
 

@@ -48,10 +48,11 @@ class TrainingDynamicsRecorder(TrainerCallback):
         max_length: the training ``max_length`` (to recognise the same token sequences).
         batch_size: samples per measurement forward pass.
         stage: name of the current stage (see :meth:`set_stage`).
+        measure_at_start: also measure before the first step (the untrained model; one extra pass).
     """
 
     def __init__(self, records: list[dict], tokenizer, every_steps: int = 50, output_dir=None,
-                 max_length: int = 512, batch_size: int = 16, stage: str = "train"):
+                 max_length: int = 512, batch_size: int = 16, stage: str = "train", measure_at_start: bool = True):
         if every_steps < 1:
             raise ValueError(f"every_steps must be >= 1, got {every_steps}")
         self.items = [item_from_record(r) for r in records]
@@ -78,6 +79,7 @@ class TrainingDynamicsRecorder(TrainerCallback):
         self.times_seen = np.zeros(n, dtype=int)
         self.stages: list[dict] = []  # {"name", "start_step", "end_step"}
         self.stage = stage
+        self.measure_at_start = bool(measure_at_start)
         self._step_offset = 0
         self._local_step = 0
         self._hook = None
@@ -131,7 +133,9 @@ class TrainingDynamicsRecorder(TrainerCallback):
         if self._hook is None and model is not None:
             self._hook = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
         self.stages.append({"name": self.stage, "start_step": self.global_step, "end_step": self.global_step})
-        if model is not None and (not self.steps or self.steps[-1] != self.global_step):
+        at_start = self.global_step == 0
+        if model is not None and (self.measure_at_start or not at_start) and \
+                (not self.steps or self.steps[-1] != self.global_step):
             self.measure(model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

@@ -32,11 +32,22 @@ def _segment_ids(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]
     return input_ids, labels
 
 
-def encode_completion(prompt_messages: Sequence[dict], completion: str, tokenizer, max_length: int = 512):
+def encode_completion(prompt_messages: Sequence[dict], completion: str, tokenizer, max_length: int = 512,
+                      content_only: bool = False):
     """``(input_ids, labels)`` for ``prompt + assistant completion``; over-long prompts lose tokens
-    from the left (like training), completions are cut from the right."""
+    from the left (like training), completions are cut from the right.
+
+    ``content_only`` labels only the completion's own tokens, not the template's closing tokens
+    (end-of-turn, newline) that follow them: those are near-certain under any chat model and would
+    dilute per-token comparisons between different answers to the same prompt.
+    """
     messages = [dict(m) for m in prompt_messages] + [{"role": "assistant", "content": completion}]
     input_ids, labels = _segment_ids(messages, tokenizer)
+    if content_only and completion:
+        first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+        content = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if content and input_ids[first:first + len(content)] == content:
+            labels = labels[:first + len(content)] + [IGNORE_INDEX] * (len(labels) - first - len(content))
     if len(input_ids) > max_length:
         first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
         cut = min(len(input_ids) - max_length, first)
@@ -168,10 +179,11 @@ def js_divergence_torch(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tenso
 
 def score_completions(model, tokenizer, prompts: Sequence[Sequence[dict]], completions: Sequence[str],
                       batch_size: int = 16, max_length: int = 512, reference_model=None,
-                      progress: str | None = None) -> dict[str, np.ndarray]:
+                      progress: str | None = None, content_only: bool = False) -> dict[str, np.ndarray]:
     """Teacher-forced ``loss``/``prob``/``correct`` (and ``js`` against ``reference_model``) of each
-    ``completion`` after its prompt; see :func:`score_encoded`."""
-    encoded = [encode_completion(p, c, tokenizer, max_length) for p, c in zip(prompts, completions)]
+    ``completion`` after its prompt; see :func:`score_encoded` and ``content_only`` in
+    :func:`encode_completion`."""
+    encoded = [encode_completion(p, c, tokenizer, max_length, content_only) for p, c in zip(prompts, completions)]
     return score_encoded(model, encoded, _pad_id(tokenizer), batch_size, reference_model, progress)
 
 

@@ -113,3 +113,18 @@ def test_checkers():
     assert get_checker("number") is final_number_match
     with pytest.raises(ValueError, match="unknown checker"):
         get_checker("bleu")
+
+
+def test_content_only_scores_the_answer_tokens_not_the_template_tail():
+    from sft_core.ilp.probes import encode_completion
+    from sft_core.testing import tiny_causal_lm_tokenizer
+
+    tokenizer = tiny_causal_lm_tokenizer()
+    prompt = [{"role": "user", "content": "what is the capital of france"}]
+    ids, labels = encode_completion(prompt, "paris", tokenizer)
+    ids_c, labels_c = encode_completion(prompt, "paris", tokenizer, content_only=True)
+    assert ids == ids_c
+    full = [t for t in labels if t != -100]
+    content = [t for t in labels_c if t != -100]
+    assert content == tokenizer("paris", add_special_tokens=False)["input_ids"]
+    assert len(full) > len(content) and full[:len(content)] == content  # the end-of-turn tail is dropped
