@@ -11,7 +11,6 @@ page follows the schema in docs/xformparser.md. A bad input is reported in one l
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

@@ -27,13 +27,12 @@ Steps per page (documented in docs/xformparser.md, "Pipeline"):
 
 from __future__ import annotations
 
-import io
 import re
 import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -231,7 +230,6 @@ class Candidate:
     box: list[float]
     label: str = ""
     score: float = 0.0
-    label_probabilities: list[float] = field(default_factory=list)
 
 
 def reading_order_lines(lines: list[OcrLine]) -> list[OcrLine]:
@@ -362,7 +360,9 @@ class _TokenStates:
     def bio_logits(self, encoded: list[EncodedDocument]) -> torch.Tensor:
         model = self.model
         token_entity = _pad([d.token_entity for d in encoded], -1, self.num_tokens)
-        bio_input = self.token_states
+        if hasattr(model, "token_bio_logits"):
+            return model.token_bio_logits(self.token_states, token_entity)
+        bio_input = self.token_states  # models without the helper: the same computation inline
         if model.token_context is not None:
             context = model._run_lstm(model.token_context, self.token_states, token_entity >= 0)
             bio_input = self.token_states + model.token_context_projection(context)
@@ -377,7 +377,9 @@ class _TokenStates:
         entity_mask = _pad([[True] * len(d.entity_ids) for d in encoded], False, count).bool()
         pooled = model._pool_entities(self.token_states, token_entity, count)
         features = model.entity_dense(torch.cat([pooled, model._box_features(entity_boxes)], dim=-1))
-        if model.entity_context_for_ser is not None:
+        if hasattr(model, "ser_context"):
+            features = model.ser_context(features, entity_boxes, entity_mask)
+        elif model.entity_context_for_ser is not None:
             features = features + model._run_lstm(model.entity_context_for_ser, features, entity_mask)
         return {"entity_features": features, "ser_logits": model.ser_head(features),
                 "entity_boxes": entity_boxes, "entity_mask": entity_mask}
@@ -406,7 +408,9 @@ def _load_model(model_dir):
         reason = f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
         raise ModelLoadError(f"{where}: {' '.join(reason.split())}") from None
     except (OSError, ValueError, RuntimeError) as error:
-        raise ModelLoadError(f"{where}: {' '.join(str(error).split())[:300]}") from None
+        message = " ".join(str(error).split())[:300]
+        raise ModelLoadError(message if model_dir is not None and message.startswith(str(model_dir))
+                             else f"{where}: {message}") from None
     return model.eval(), tokenizer
 
 
@@ -457,6 +461,7 @@ class FormParser:
 
             iterator = tqdm(items, desc="parse", unit="file", file=sys.stderr, dynamic_ncols=True)
         for item in iterator:
+            load_started = time.perf_counter()
             try:
                 pages = load_pages(item)
             except InputError as error:
@@ -464,9 +469,11 @@ class FormParser:
                     raise
                 errors.append({"source": str(item), "page": None, "error": str(error)})
                 continue
+            # Decoding / rendering is billed to the pages' "ocr" time: it is page acquisition.
+            load_seconds = (time.perf_counter() - load_started) / max(len(pages), 1)
             for page in pages:
                 try:
-                    pending.append(self._ocr_page(page))
+                    pending.append(self._ocr_page(page, load_seconds))
                 except (InputError, OcrError) as error:
                     if errors is None:
                         raise InputError(str(error)) from None
@@ -478,8 +485,8 @@ class FormParser:
             yield from self._run_model(pending)
 
     # ------------------------------------------------------------------------------------ OCR
-    def _ocr_page(self, page: PageImage) -> dict:
-        started = time.perf_counter()
+    def _ocr_page(self, page: PageImage, load_seconds: float = 0.0) -> dict:
+        started = time.perf_counter() - load_seconds
         where = f"{page.source} page {page.page}"
         if page.ocr_record is not None:
             ocr_page = page_from_record(page.ocr_record)

@@ -42,9 +42,12 @@ def form_layout(seed: int, pairs: int = 5) -> dict:
     return {"entities": entities, "links": [(1 + 2 * i, 2 + 2 * i) for i in range(pairs)]}
 
 
-def render_form(seed: int, pairs: int = 5):
-    """(PIL image, FUNSD record) with word boxes measured from the drawing."""
+def render_form(seed: int, pairs: int = 5, box_padding: float = 0.0):
+    """(PIL image, FUNSD record) with word boxes measured from the drawing; ``box_padding`` > 0 widens
+    each box by a random 0..box_padding pixels per side (OCR detectors return padded boxes: training
+    on such boxes makes a small model robust to them)."""
     layout = form_layout(seed, pairs)
+    pad_rng = random.Random(seed + 7919)
     image = Image.new("RGB", PAGE_SIZE, "white")
     draw = ImageDraw.Draw(image)
     text_font = font()
@@ -60,7 +63,9 @@ def render_form(seed: int, pairs: int = 5):
         for word in entity["text"].split():
             draw.text((x, y), word, fill="black", font=text_font)
             left, top, right, bottom = draw.textbbox((x, y), word, font=text_font)
-            words.append({"text": word, "box": [left, top, right, bottom]})
+            pads = [pad_rng.uniform(0, box_padding) for _ in range(4)]
+            words.append({"text": word, "box": [round(left - pads[0], 1), round(top - pads[1], 1),
+                                                round(right + pads[2], 1), round(bottom + pads[3], 1)]})
             x = right + space
         box = [min(w["box"][0] for w in words), min(w["box"][1] for w in words),
                max(w["box"][2] for w in words), max(w["box"][3] for w in words)]
@@ -69,11 +74,11 @@ def render_form(seed: int, pairs: int = 5):
     return image, {"form": form}
 
 
-def write_rendered_funsd(folder: Path, count: int, seed: int = 0) -> Path:
+def write_rendered_funsd(folder: Path, count: int, seed: int = 0, box_padding: float = 0.0) -> Path:
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        image, record = render_form(seed + index)
+        image, record = render_form(seed + index, box_padding=box_padding)
         image.save(folder / "images" / f"form{index:03d}.png")
         (folder / "annotations" / f"form{index:03d}.json").write_text(json.dumps(record))
     return folder
