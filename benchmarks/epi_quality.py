@@ -49,7 +49,7 @@ PROFILES = {
     # sized for 2 CPU cores shared by ~7 jobs: word embeddings and the lowest 2 of 6 blocks frozen (the
     # backward stops at block 2), short inputs, small batches
     "fast": dict(model="minilm-l6", tasks=("sst2", "agnews_wb", "agnews_ss"), steps_per_task=24, batch_size=8,
-                 lr=2e-4, max_length=32, eval_per_task=200, probe_pairs=100, seeds=(0, 1, 2), frozen_blocks=2,
+                 lr=4e-4, max_length=32, eval_per_task=200, probe_pairs=100, seeds=(0, 1, 2), frozen_blocks=2,
                  ratios=(0.1, 0.2, 0.5), summary_ratio=0.2, warmup_steps=8, update_interval=8, probe_steps=8,
                  release_patience=2, replay_batches=2),
 }
@@ -536,7 +536,11 @@ def main(argv=None):
         report["runs"], report["base"] = previous["runs"], {int(k): v for k, v in previous["base"].items()}
     done = {(r["schedule"], r["method"], r["ratio"], r["seed"]) for r in report["runs"]}
     work_dir = Path(args.work_dir)
-    for seed in profile["seeds"]:
+    prepared = {}
+
+    def prepare(seed):
+        if seed in prepared:
+            return prepared[seed]
         data = load_tasks(data_root, profile["tasks"], profile["steps_per_task"] * profile["batch_size"],
                           profile["eval_per_task"], seed)
         probe_pairs = load_probe_pairs(data_root, profile["probe_pairs"], seed)
@@ -551,14 +555,21 @@ def main(argv=None):
         base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
         freeze_lower(base_model, profile["frozen_blocks"])
         report["trainable_params"] = sum(p.numel() for p in base_model.parameters() if p.requires_grad)
-        base_eval = {t: evaluate_task(base_model, bench.collate, bench.eval_items[t]) for t in bench.tasks}
-        report["base"][seed] = {"probe_nll": probe_nll(base_model, tokenizer, probe_pairs, profile["max_length"]),
-                                "head_untrained": base_eval}
-        for schedule in args.schedules.split(","):
+        if seed not in report["base"]:
+            base_eval = {t: evaluate_task(base_model, bench.collate, bench.eval_items[t]) for t in bench.tasks}
+            report["base"][seed] = {"probe_nll": probe_nll(base_model, tokenizer, probe_pairs, profile["max_length"]),
+                                    "head_untrained": base_eval}
+        prepared[seed] = (bench, base_state, make_model, probe_pairs)
+        return prepared[seed]
+
+    # schedule-major order: every seed of the sequential (forgetting) schedule first
+    for schedule in args.schedules.split(","):
+        for seed in profile["seeds"]:
             for method in args.methods.split(","):
                 for ratio in ((None,) if method == "full" else profile["ratios"]):
                     if (schedule, method, ratio, seed) in done:
                         continue
+                    bench, base_state, make_model, probe_pairs = prepare(seed)
                     record = run_one(method, ratio if ratio is not None else 0.1, schedule, seed, profile, bench,
                                      base_state, make_model, tokenizer, probe_pairs, work_dir)
                     record["ratio"] = ratio
