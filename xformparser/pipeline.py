@@ -106,8 +106,8 @@ def _open_image_checked(path: str):
                 frames.append(image.convert("RGB"))
             return frames
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputError(f"{path}: image too large ({error}); refused by Pillow's decompression-bomb limit "
-                         f"of {Image.MAX_IMAGE_PIXELS} pixels") from None
+        raise InputError(f"{path}: image too large, refused by Pillow's decompression-bomb limit "
+                         f"(PIL.Image.MAX_IMAGE_PIXELS): {' '.join(str(error).split())}") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a supported image or PDF (unrecognised file content)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
