@@ -118,6 +118,11 @@ def score_with_srm(data_root: Path, output: Path) -> None:
 
 def parse_forms(output: Path) -> None:
     section("4. forms: parse synthetic forms and a PDF with the shipped default model (offline)")
+    from xformparser.defaults import DEFAULT_MODEL_DIR
+
+    if not DEFAULT_MODEL_DIR.is_dir():
+        print(f"(skipping: no shipped default model at {DEFAULT_MODEL_DIR}; build it with scripts/train_default_parser.py)")
+        return
     from xformparser.formats import build_document
     from xformparser.parse_eval import pair_scores
     from xformparser.synth import render_form
