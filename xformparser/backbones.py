@@ -19,15 +19,6 @@ from transformers import AutoConfig, AutoModel, LayoutLMv3Config, LayoutLMv3Mode
 from transformers.masking_utils import create_bidirectional_mask
 
 
-# Frozen-layer outputs, shared by every model in the process whose frozen weights are identical (the
-# key holds a fingerprint of those weights), so sequential runs on one backbone compute them once.
-_FROZEN_STATE_CACHE: dict[tuple, torch.Tensor] = {}
-
-
-def clear_frozen_state_cache() -> None:
-    _FROZEN_STATE_CACHE.clear()
-
-
 def encoder_config_from_dict(config_dict: dict):
     values = dict(config_dict)
     model_type = values.pop("model_type", None)
@@ -60,14 +51,22 @@ class TextLayoutBackbone(nn.Module):
     """A text encoder with 2D layout embeddings.
 
     ``frozen_layers == 0``: layout embeddings are added to the word embeddings (LayoutLM-style) and the
-    whole encoder trains. ``frozen_layers == N > 0`` (BERT-like encoders): the embeddings and the bottom
-    N layers are frozen, their output is computed once per distinct window and cached, and the layout
-    embeddings are added to the input of layer N. This trades some accuracy for a several-fold
-    cheaper training step on CPU.
+    encoder trains (the word-embedding table stays frozen when ``freeze_word_embeddings``: it is
+    most of MiniLM's weights, its gradient is dense and its optimizer step dominated a CPU step).
+    ``frozen_layers == N > 0`` (BERT-like encoders): the embeddings and the bottom N layers are frozen,
+    their output is computed once per distinct window and cached in this module, and the layout
+    embeddings are added to the input of layer N.
+
+    On CPU every window runs on its own, unpadded and without an attention mask: padding costs
+    compute in every layer and a masked attention leaves the fused kernel.
     """
 
-    def __init__(self, encoder_config, layout_embedding_size: int = 1001, frozen_layers: int = 0):
+    def __init__(self, encoder_config, layout_embedding_size: int = 1001, frozen_layers: int = 0,
+                 freeze_word_embeddings: bool = False, attention_dropout: float | None = None):
         super().__init__()
+        if attention_dropout is not None and hasattr(encoder_config, "attention_probs_dropout_prob"):
+            # Attention dropout > 0 sends SDPA down its unfused path (about 2x slower on CPU).
+            encoder_config.attention_probs_dropout_prob = attention_dropout
         try:
             self.encoder = AutoModel.from_config(encoder_config, add_pooling_layer=False)
         except TypeError:  # encoders without a pooler flag
@@ -80,12 +79,20 @@ class TextLayoutBackbone(nn.Module):
                 nn.init.normal_(embedding.weight, std=0.002)
         self.layout.no_reinit = True
         self.frozen_layers = frozen_layers
+        # Frozen-layer outputs per window (key: token ids + a cheap version stamp of the frozen weights).
+        # Owned by this module, so two models never share (or leak) each other's states.
+        self._frozen_cache: dict[tuple, torch.Tensor] = {}
+        if freeze_word_embeddings:
+            self.encoder.get_input_embeddings().requires_grad_(False)
         if frozen_layers:
             layers = self._layers()
             if frozen_layers > len(layers):
                 raise ValueError(f"frozen_layers={frozen_layers} but the encoder has {len(layers)} layers")
             for module in [self.encoder.embeddings, *layers[:frozen_layers]]:
                 module.requires_grad_(False)
+
+    def clear_frozen_cache(self) -> None:
+        self._frozen_cache.clear()
 
     def _layers(self) -> nn.ModuleList:
         layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
@@ -96,45 +103,69 @@ class TextLayoutBackbone(nn.Module):
     def _mask(self, hidden, attention_mask):
         return create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
-    def _frozen_fingerprint(self) -> tuple:
-        frozen = [self.encoder.embeddings, *self._layers()[: self.frozen_layers]]
-        total = sum(float(p.detach().double().sum()) for module in frozen for p in module.parameters())
-        return (self.frozen_layers, self.hidden_size, round(total, 6))
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [self.encoder.embeddings, *self._layers()[: self.frozen_layers]]
+
+    def _frozen_version(self) -> tuple:
+        """Changes whenever a frozen weight is replaced or modified in place (load_state_dict, to(),
+        a user's edit), without reading the weights: storage pointers and autograd version counters."""
+        return tuple((p.data_ptr(), p._version) for module in self._frozen_modules() for p in module.parameters())
 
     @torch.no_grad()
     def _frozen_states(self, input_ids, attention_mask) -> torch.Tensor:
-        lengths = attention_mask.sum(-1).tolist()
-        fingerprint = self._frozen_fingerprint()
-        keys = [(fingerprint, input_ids[row, :length].cpu().numpy().tobytes()) for row, length in enumerate(lengths)]
-        missing = [row for row, key in enumerate(keys) if key not in _FROZEN_STATE_CACHE]
+        if attention_mask is None:
+            lengths = [input_ids.shape[1]] * input_ids.shape[0]
+        else:
+            lengths = attention_mask.sum(-1).tolist()
+        version = self._frozen_version()
+        if self._frozen_cache.get("version") != version:
+            self._frozen_cache.clear()
+            self._frozen_cache["version"] = version
+        keys = [input_ids[row, :length].cpu().numpy().tobytes() for row, length in enumerate(lengths)]
+        missing = [row for row, key in enumerate(keys) if key not in self._frozen_cache]
         if missing:
-            frozen_modules = [self.encoder.embeddings, *self._layers()[: self.frozen_layers]]
+            frozen_modules = self._frozen_modules()
             modes = [module.training for module in frozen_modules]
             for module in frozen_modules:
                 module.eval()  # no dropout: cached states must not depend on the step
-            ids, mask = input_ids[missing], attention_mask[missing]
-            hidden = self.encoder.embeddings(input_ids=ids)
-            extended = self._mask(hidden, mask)
-            for layer in self._layers()[: self.frozen_layers]:
-                hidden = layer(hidden, extended)
-            for row_in_batch, row in enumerate(missing):
-                _FROZEN_STATE_CACHE[keys[row]] = hidden[row_in_batch, : lengths[row]].detach().clone()
+            for row in missing:
+                hidden = self.encoder.embeddings(input_ids=input_ids[row : row + 1, : lengths[row]])
+                for layer in self._layers()[: self.frozen_layers]:
+                    hidden = _run_layer(layer, hidden, None)
+                self._frozen_cache[keys[row]] = hidden[0].detach().clone()
             for module, mode in zip(frozen_modules, modes):
                 module.train(mode)
         states = input_ids.new_zeros(*input_ids.shape, self.hidden_size, dtype=torch.float)
         for row, key in enumerate(keys):
-            states[row, : lengths[row]] = _FROZEN_STATE_CACHE[key].to(states.device)
+            states[row, : lengths[row]] = self._frozen_cache[key].to(states.device)
         return states
 
-    def forward(self, input_ids, bbox, attention_mask):
+    def _encode(self, input_ids, bbox, attention_mask):
         if not self.frozen_layers:
             embeddings = self.encoder.get_input_embeddings()(input_ids) + self.layout(bbox)
             return self.encoder(inputs_embeds=embeddings, attention_mask=attention_mask).last_hidden_state
         hidden = self._frozen_states(input_ids, attention_mask) + self.layout(bbox)
-        extended = self._mask(hidden, attention_mask)
+        extended = self._mask(hidden, attention_mask) if attention_mask is not None else None
         for layer in self._layers()[self.frozen_layers :]:
-            hidden = layer(hidden, extended)
+            hidden = _run_layer(layer, hidden, extended)
         return hidden
+
+    def forward(self, input_ids, bbox, attention_mask):
+        if input_ids.device.type != "cpu" or input_ids.shape[0] == 1:
+            return self._encode(input_ids, bbox, attention_mask)
+        lengths = attention_mask.sum(-1).tolist()
+        if all(length == input_ids.shape[1] for length in lengths):
+            return self._encode(input_ids, bbox, None)
+        rows = []
+        for row, length in enumerate(lengths):
+            states = self._encode(input_ids[row : row + 1, :length], bbox[row : row + 1, :length], None)
+            rows.append(F.pad(states, (0, 0, 0, input_ids.shape[1] - length)))
+        return torch.cat(rows, dim=0)
+
+
+def _run_layer(layer, hidden, attention_mask):
+    output = layer(hidden, attention_mask)
+    return output[0] if isinstance(output, tuple) else output
 
 
 class LayoutLMv3Backbone(nn.Module):
@@ -207,7 +238,8 @@ class BackboneAdapter(nn.Module):
         super().__init__()
         encoder_config = encoder_config_from_dict(config.backbone_config)
         if config.backbone_type == "text-layout":
-            self.adapter = TextLayoutBackbone(encoder_config, config.layout_embedding_size, config.frozen_layers)
+            self.adapter = TextLayoutBackbone(encoder_config, config.layout_embedding_size, config.frozen_layers,
+                                              config.freeze_word_embeddings, config.encoder_attention_dropout)
         elif config.frozen_layers:
             raise ValueError("frozen_layers is supported by the text-layout backbone only")
         elif config.backbone_type == "layoutlmv3":

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from .formats import FORMATS, WRITERS, DataFormatError, load_documents
+from sft_core.checkpoints import add_resume_argument
+from sft_core.cli_errors import UserError, run_cli
+from sft_core.trainer import TUNERS
+
+from .formats import FORMATS, WRITERS, DataFormatError, check_page_images, load_documents
 
 DEFAULT_DATA_ROOT = os.environ.get("SFTKIT_DATA_ROOT", "../shared/datasets")
 
@@ -33,7 +38,8 @@ def _add_train_parser(subparsers) -> None:
     parser.add_argument("--output", required=True, help="model directory to write (self-contained)")
     parser.add_argument("--backbone", default="minilm-l6", help="offline alias, local HF dir or hub id")
     parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
-    parser.add_argument("--tuner", default="full", choices=("full", "static", "epi"), help="sft_core parameter isolation")
+    parser.add_argument("--tuner", default="full", choices=TUNERS,
+                        help="sft_core parameter isolation (MultiTaskTrainingArguments.tuner)")
     parser.add_argument("--epi-tasks", default="auto", choices=("auto", "languages", "objectives"),
                         help="EPI tasks: languages of a multilingual set, or the SER and RE objectives; "
                              "auto = languages if the training set has several, else objectives")
@@ -54,14 +60,15 @@ def _add_train_parser(subparsers) -> None:
     parser.add_argument("--key-labels", help="comma-separated link-head labels (default: question/key)")
     parser.add_argument("--value-labels", help="comma-separated link-tail labels (default: answer/value)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    add_resume_argument(parser)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
 
 
 def _add_evaluate_parser(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="SER / seqeval / RE report (JSON) of a model on labelled data")
-    parser.add_argument("--model", required=True, help="model directory written by 'xformparser train'")
+    parser.add_argument("--model", help="model directory written by 'xformparser train' (or a backbone-delta "
+                        "directory); default: the shipped default model")
     parser.add_argument("--data", required=True)
     parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
     parser.add_argument("--output", help="also write the JSON report here (atomically)")
@@ -113,7 +120,9 @@ def run_train(args) -> int:
         learning_rate=args.lr, head_learning_rate=args.head_lr, seed=args.seed, resume=args.resume,
         key_labels=_labels(args.key_labels), value_labels=_labels(args.value_labels), model_options=model_options,
     )
-    summary = train_parser(options)
+    # Logs (the Trainer prints its metric dicts to stdout) go to stderr: stdout is the JSON summary only.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = train_parser(options)
     report = summary.pop("eval_report")
     if report:
         summary["eval"] = {"ser_micro_f1": report["ser"]["micro"]["f1"], "seqeval_f1": report["seqeval_bio"]["f1"],
@@ -124,11 +133,13 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .evaluation import FormParser
     from sft_core.atomic_io import atomic_write_json
 
-    parser = FormParser.from_pretrained(args.model, batch_size=args.batch_size, rule_above_cost=args.rule_above_cost)
-    documents = load_documents(_resolve_data_path(args.data, args.data_root), args.format)
+    from .defaults import load_parser
+
+    documents = load_documents(_resolve_data_path(args.data, args.data_root), args.format)  # bad data: fail fast
+    parser = load_parser(args.model, batch_size=args.batch_size, rule_above_cost=args.rule_above_cost)
+    check_page_images(documents, required=parser.model.config.use_image_branch)
     report = parser.evaluate(documents)
     report["model"], report["data"] = str(args.model), str(args.data)
     if args.output:
@@ -140,6 +151,7 @@ def run_evaluate(args) -> int:
 def run_convert(args) -> int:
     errors: list[str] = []
     documents = load_documents(args.input, args.input_format, errors=errors)
+    check_page_images(documents)  # converted files name the image; say which ones do not exist
     if documents:
         WRITERS[args.output_format](documents, args.output)
     for message in errors:
@@ -165,13 +177,21 @@ COMMANDS = {"train": run_train, "evaluate": run_evaluate, "convert": run_convert
             "parse": run_parse}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (DataFormatError, FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"xformparser {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except (DataFormatError, ValueError) as error:  # bad data, options or model folder: one line, exit 2
+        raise UserError(f"xformparser {args.command}: {' '.join(str(error).split())}") from None
+    except RuntimeError as error:  # a missing font or package for synth is the user's to install; others are bugs
+        if type(error).__name__ != "FontNotFoundError" and "pip install" not in str(error):
+            raise
+        raise UserError(f"xformparser {args.command}: {' '.join(str(error).split())}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every subcommand: user errors -> one ``error: ...`` line on stderr, exit code 2 (sft_core.cli_errors)."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

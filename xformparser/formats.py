@@ -369,6 +369,39 @@ def load_documents(path, data_format: str = "auto", errors: list | None = None, 
     return READERS[data_format](path, errors=errors, **roles)
 
 
+def missing_image_reason(document: Document) -> str | None:
+    """Why the document's page image cannot be used (None when it can): not named, not found, unreadable."""
+    if not document.image_path:
+        return "no page image named or found next to the annotations"
+    if not os.path.isfile(document.image_path):
+        return f"page image {document.image_path} not found"
+    if _image_size(document.image_path) == (None, None):
+        return f"page image {document.image_path} is not a readable image"
+    return None
+
+
+def check_page_images(documents: list[Document], *, required: bool = False, what: str = "documents",
+                      warn=None) -> list[str]:
+    """One warning per document whose page image is missing (page size then comes from the annotation
+    or the boxes). With ``required`` (the image branch needs the pixels) raise DataFormatError instead,
+    naming the first documents. Returns the warning lines."""
+    problems = [(d.doc_id, reason) for d in documents if (reason := missing_image_reason(d))]
+    if required and problems:
+        named = "; ".join(f"document {doc_id}: {reason}" for doc_id, reason in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise DataFormatError(f"{len(problems)} of {len(documents)} {what} have no usable page image and the "
+                              f"image branch needs it: {named}{more}")
+    lines = [f"warning: document {doc_id}: {reason}; page size taken from the annotations" for doc_id, reason in problems]
+    if warn is None:
+        import sys
+
+        def warn(line):
+            print(line, file=sys.stderr)
+    for line in lines:
+        warn(line)
+    return lines
+
+
 # -------------------------------------------------------------------------------------------- writers
 def _links_of(document: Document, entity_id: int) -> list[list[int]]:
     return [[a, b] for a, b in document.links if entity_id in (a, b)]

@@ -12,6 +12,7 @@ keys (or on "no key").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,6 +26,19 @@ from .features import bio_tags
 from .linking import NUM_GEOMETRIC_FEATURES, geometric_pair_features
 
 LABEL_SOURCES = ("gold", "predicted")
+ENCODER_PREFIX = "backbone.adapter.encoder."
+
+
+def load_backbone_state(reference: str) -> dict[str, torch.Tensor]:
+    """The pretrained encoder's state dict, from an offline alias, a local dir or a hub id."""
+    from sft_core.hub import resolve_model
+
+    path = resolve_model(reference)
+    try:
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:
+        encoder = AutoModel.from_pretrained(path)
+    return encoder.state_dict()
 OBJECTIVES = ("ser", "re")
 
 
@@ -66,10 +80,64 @@ class Biaffine(nn.Module):
         return torch.einsum("bih,hk,bjk->bij", heads, self.weight, tails)
 
 
+class NeighbourAttention(nn.Module):
+    """One pre-norm transformer layer over a document's entities in which every entity attends to its
+    ``neighbours`` nearest entities (box gap; itself included), with a per-head attention bias computed
+    from their relative position (offsets of centres, box gap, same-line overlap). All entities are
+    processed at once: unlike a Bi-LSTM over the reading order, nothing runs step by step, and the
+    context follows the page's 2-D layout rather than one reading order."""
+
+    def __init__(self, size: int, heads: int = 4, neighbours: int = 16, dropout: float = 0.1):
+        super().__init__()
+        if size % heads:
+            raise ValueError(f"context size {size} is not divisible by {heads} heads")
+        self.heads, self.neighbours = heads, neighbours
+        self.norm = nn.LayerNorm(size)
+        self.qkv = nn.Linear(size, 3 * size)
+        self.out = nn.Linear(size, size)
+        self.position_bias = nn.Sequential(nn.Linear(5, 32), nn.GELU(), nn.Linear(32, heads))
+        self.feed_forward = nn.Sequential(nn.LayerNorm(size), nn.Linear(size, 2 * size), nn.GELU(),
+                                          nn.Dropout(dropout), nn.Linear(2 * size, size))
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def relative_position(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair features [B, E, E, 5] (query i, key j) on a ~unit scale, and the box gap [B, E, E]."""
+        boxes = boxes.float() / 1000
+        x0, y0, x1, y1 = (b[:, :, None] for b in boxes.unbind(-1))
+        u0, v0, u1, v1 = (b[:, None, :] for b in boxes.unbind(-1))
+        dx, dy = (u0 + u1 - x0 - x1) / 2, (v0 + v1 - y0 - y1) / 2
+        gap_x = torch.maximum(x0 - u1, u0 - x1).clamp(min=0)
+        gap_y = torch.maximum(y0 - v1, v0 - y1).clamp(min=0)
+        gap = torch.sqrt(gap_x**2 + gap_y**2)
+        overlap = (torch.minimum(y1, v1) - torch.maximum(y0, v0)).clamp(min=0)
+        same_line = overlap / torch.minimum(y1 - y0, v1 - v0).clamp(min=1e-3)
+        return torch.stack([dx * 5, dy * 5, gap * 5, torch.log1p(gap * 100), same_line.clamp(max=1)], -1), gap
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, count, size = features.shape
+        relative, gap = self.relative_position(boxes)
+        eye = torch.eye(count, dtype=torch.bool, device=features.device)[None]
+        valid = (mask[:, :, None] & mask[:, None, :]) | eye
+        distance = gap.masked_fill(~valid, float("inf")).masked_fill(eye, -1.0)
+        k = min(self.neighbours, count)
+        nearest = distance.topk(k, dim=-1, largest=False).indices
+        allowed = torch.zeros_like(valid).scatter_(-1, nearest, True) & valid
+        bias = self.position_bias(relative).permute(0, 3, 1, 2)  # [B, heads, E, E]
+        bias = bias.masked_fill(~allowed[:, None], torch.finfo(bias.dtype).min)
+        q, k_, v = self.qkv(self.norm(features)).view(batch, count, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k_, v, attn_mask=bias)
+        features = features + self.dropout(self.out(attended.transpose(1, 2).reshape(batch, count, size)))
+        return features + self.dropout(self.feed_forward(features))
+
+
 class XFormParserPreTrainedModel(PreTrainedModel):
     config_class = XFormParserConfig
     base_model_prefix = "xformparser"
     main_input_name = "input_ids"
+    # Encoder weights that equal the pretrained backbone are not saved (see XFormParserConfig.
+    # backbone_reference); from_pretrained reads them back from the reference and checks nothing else is missing.
+    _keys_to_ignore_on_load_missing = [r"^backbone\.adapter\.encoder\."]
 
     def _init_weights(self, module):
         if getattr(module, "no_reinit", False):
@@ -94,7 +162,10 @@ class XFormParserModel(XFormParserPreTrainedModel):
         # Pooled tokens ++ the entity's own normalised box (x0, y0, x1, y1, width, height).
         self.entity_dense = nn.Sequential(nn.Linear(hidden + 6, entity_size), nn.GELU())
         self.entity_context_for_ser = None
-        if config.use_ser_context:
+        if config.use_ser_context and config.context_kind == "attention":
+            self.entity_context_for_ser = NeighbourAttention(entity_size, config.context_heads, config.context_neighbours,
+                                                             config.dropout)
+        elif config.use_ser_context:
             self.entity_context_for_ser = nn.LSTM(entity_size, entity_size // 2, batch_first=True, bidirectional=True)
         self.ser_head = _mlp(entity_size, entity_size, num_labels, config.dropout)
         self.bio_head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, num_tags))
@@ -109,7 +180,10 @@ class XFormParserModel(XFormParserPreTrainedModel):
             self.label_embedding = nn.Embedding(num_labels, config.label_embedding_size)
             relation_input += config.label_embedding_size
         context_size = 2 * config.lstm_hidden_size
-        if config.use_bilstm:
+        if config.use_bilstm and config.context_kind == "attention":
+            self.entity_context = nn.Sequential(nn.Linear(relation_input, context_size), NeighbourAttention(
+                context_size, config.context_heads, config.context_neighbours, config.dropout))
+        elif config.use_bilstm:
             self.entity_context = nn.LSTM(relation_input, config.lstm_hidden_size, batch_first=True, bidirectional=True)
         else:
             self.entity_context = nn.Sequential(nn.Linear(relation_input, context_size), nn.GELU())
@@ -124,6 +198,45 @@ class XFormParserModel(XFormParserPreTrainedModel):
         # Set by the trainer's callback each step; drives the soft-label schedule (not saved).
         self.soft_label_epoch = 0.0
         self.post_init()
+        self._keys_to_ignore_on_save = set(self.backbone_derived_keys()) if config.backbone_reference else set()
+
+    def backbone_derived_keys(self) -> list[str]:
+        """State-dict keys of frozen encoder weights: equal to the pretrained backbone's, so a checkpoint
+        that names the backbone (``config.backbone_reference``) need not store them."""
+        return [name for name, parameter in self.named_parameters()
+                if name.startswith(ENCODER_PREFIX) and not parameter.requires_grad]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` + encoder weights the checkpoint left out (frozen, equal to
+        the backbone) read from ``config.backbone_reference``. Safetensors only."""
+        kwargs.setdefault("use_safetensors", True)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        weights = Path(pretrained_model_name_or_path) / "model.safetensors"
+        if weights.exists():
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as handle:
+                saved = set(handle.keys())
+            missing = [name for name in model.state_dict() if name not in saved]
+            model.restore_backbone_weights(missing, source=str(weights))
+        return model
+
+    def restore_backbone_weights(self, names: list[str], source: str = "checkpoint") -> None:
+        """Fill encoder weights ``names`` from the pretrained backbone the config names."""
+        if not names:
+            return
+        outside = [name for name in names if not name.startswith(ENCODER_PREFIX)]
+        if outside or not self.config.backbone_reference:
+            raise ValueError(f"{source}: weights missing and not recoverable from a backbone: {(outside or names)[:3]}")
+        backbone = load_backbone_state(self.config.backbone_reference)
+        state = {}
+        for name in names:
+            key = name[len(ENCODER_PREFIX):]
+            if key not in backbone:
+                raise ValueError(f"{source}: {name} is neither saved nor in backbone {self.config.backbone_reference!r}")
+            state[name] = backbone[key]
+        self.load_state_dict(state, strict=False)
 
     def _label_mask(self, role_labels, device) -> torch.Tensor:
         """Which label ids play a role (key or value). Built from the config on every call: a buffer
@@ -132,10 +245,13 @@ class XFormParserModel(XFormParserPreTrainedModel):
         return torch.tensor([label.lower() in roles for label in self.config.labels], dtype=torch.bool, device=device)
 
     @classmethod
-    def from_backbone(cls, backbone_path: str, labels, **config_kwargs) -> "XFormParserModel":
-        """A new parser whose encoder starts from pretrained weights at ``backbone_path`` (a local HF dir)."""
+    def from_backbone(cls, backbone_path: str, labels, backbone_reference: str | None = None,
+                      **config_kwargs) -> "XFormParserModel":
+        """A new parser whose encoder starts from pretrained weights at ``backbone_path`` (a local HF dir);
+        ``backbone_reference`` (default: the path) is what a saved checkpoint names to recover them."""
         encoder_config = AutoConfig.from_pretrained(backbone_path)
-        config = XFormParserConfig(labels=labels, backbone_config=encoder_config.to_dict(), **config_kwargs)
+        config = XFormParserConfig(labels=labels, backbone_config=encoder_config.to_dict(),
+                                   backbone_reference=backbone_reference or str(backbone_path), **config_kwargs)
         model = cls(config)
         pretrained = AutoModel.from_pretrained(backbone_path)
         missing, _ = model.backbone.encoder.load_state_dict(pretrained.state_dict(), strict=False)
@@ -186,14 +302,26 @@ class XFormParserModel(XFormParserPreTrainedModel):
         token_states = self._merge_windows(window_states, window_document, window_token_position, num_docs, num_tokens)
         entity_states = self._pool_entities(token_states, token_entity, entity_mask.shape[1])
         entity_features = self.entity_dense(torch.cat([entity_states, self._box_features(entity_boxes)], dim=-1))
-        if self.entity_context_for_ser is not None:
-            entity_features = entity_features + self._run_lstm(self.entity_context_for_ser, entity_features, entity_mask)
+        entity_features = self.ser_context(entity_features, entity_boxes, entity_mask)
+        return {"entity_features": entity_features, "ser_logits": self.ser_head(entity_features),
+                "bio_logits": self.token_bio_logits(token_states, token_entity)}
+
+    def ser_context(self, entity_features, entity_boxes, entity_mask) -> torch.Tensor:
+        """Entity features informed by their neighbours (``use_ser_context``; kind per ``context_kind``)."""
+        module = self.entity_context_for_ser
+        if module is None:
+            return entity_features
+        if isinstance(module, NeighbourAttention):
+            return module(entity_features, entity_boxes, entity_mask)
+        return entity_features + self._run_lstm(module, entity_features, entity_mask)
+
+    def token_bio_logits(self, token_states, token_entity) -> torch.Tensor:
+        """BIO tag logits per document token (through the token Bi-LSTM when ``use_token_context``)."""
         bio_input = token_states
         if self.token_context is not None:
             context = self._run_lstm(self.token_context, token_states, token_entity >= 0)
             bio_input = token_states + self.token_context_projection(context)
-        return {"entity_features": entity_features, "ser_logits": self.ser_head(entity_features),
-                "bio_logits": self.bio_head(bio_input)}
+        return self.bio_head(bio_input)
 
     def score_relations(self, encoded, entity_boxes, entity_mask, entity_labels=None, label_source="predicted"):
         """RE logits ``[docs, value, key + 1]`` and the key / value candidate masks, with candidates and
@@ -263,8 +391,10 @@ class XFormParserModel(XFormParserPreTrainedModel):
     def _score_relations(self, entity_features, ser_logits, label_ids, label_source, entity_boxes, entity_mask,
                          head_candidates, tail_candidates):
         relation_inputs = self._relation_inputs(entity_features, ser_logits, label_ids, label_source)
-        if self.config.use_bilstm:
+        if isinstance(self.entity_context, nn.LSTM):
             context = self._run_lstm(self.entity_context, relation_inputs, entity_mask)
+        elif self.config.use_bilstm and self.config.context_kind == "attention":
+            context = self.entity_context[1](self.entity_context[0](relation_inputs), entity_boxes, entity_mask)
         else:
             context = self.entity_context(relation_inputs)
         heads, tails = self.head_mlp(context), self.tail_mlp(context)
@@ -288,7 +418,9 @@ class XFormParserModel(XFormParserPreTrainedModel):
         log_probs = re_logits.log_softmax(-1)
         gold_mass = log_probs.masked_fill(~target, torch.finfo(log_probs.dtype).min).logsumexp(-1)
         if not bool(tail_candidates.any()):
-            return re_logits.sum() * 0.0
+            # Zero that keeps the graph; only the finite "no key" column (masked pairs hold finfo.min,
+            # whose sum overflows to -inf and times 0 gives NaN).
+            return (re_logits[..., -1] * 0.0).sum()
         return -gold_mass[tail_candidates].mean()
 
     def _combine_losses(self, losses: dict, objective: str | None) -> torch.Tensor:

@@ -19,19 +19,18 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
-
 from sft_core.atomic_io import atomic_write_json
+from sft_core.checkpoints import resolve_resume
 from sft_core.epi import EPIConfig
-from sft_core.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
+from sft_core.param_groups import build_parameter_groups
+from sft_core.trainer import TUNERS, MultiTaskTrainer, MultiTaskTrainingArguments
 
 from .evaluation import FormParser
 from .features import XFormParserCollator, encode_document
-from .formats import DEFAULT_KEY_LABELS, DEFAULT_VALUE_LABELS, load_documents
-from .modeling_xformparser import OBJECTIVES, XFormParserModel
+from .formats import DEFAULT_KEY_LABELS, DEFAULT_VALUE_LABELS, check_page_images, load_documents
+from .modeling_xformparser import ENCODER_PREFIX, OBJECTIVES, XFormParserModel
 
 logger = logging.getLogger("xformparser.training")
-TUNERS = ("full", "static", "epi")
 EPI_TASK_MODES = ("auto", "languages", "objectives")
 BACKBONE_TYPE_BY_MODEL_TYPE = {"layoutlmv3": "layoutlmv3", "lilt": "lilt"}
 
@@ -53,7 +52,7 @@ class TrainingOptions:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 42
-    resume: bool = False
+    resume: str | None = None  # --resume semantics of sft_core.checkpoints.resolve_resume: never|auto|latest|PATH
     key_labels: tuple[str, ...] | None = None
     value_labels: tuple[str, ...] | None = None
     model_options: dict = field(default_factory=dict)  # XFormParserConfig overrides (use_bilstm=False, ...)
@@ -90,19 +89,12 @@ class XFormParserTrainer(MultiTaskTrainer):
         if self.optimizer is not None or self.head_learning_rate is None:
             return super().create_optimizer(model)
         model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(model))
-        groups = {}
-        for name, parameter in model.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            is_encoder = name.startswith("backbone.adapter.encoder.")
-            key = (is_encoder, name in decay)
-            groups.setdefault(key, []).append(parameter)
-        self.optimizer = torch.optim.AdamW([
-            {"params": params, "weight_decay": self.args.weight_decay if with_decay else 0.0,
-             "lr": self.args.learning_rate if is_encoder else self.head_learning_rate}
-            for (is_encoder, with_decay), params in groups.items()
-        ], lr=self.args.learning_rate)
+        # Everything outside the pretrained encoder (layout embeddings, image branch, heads) is "head".
+        heads = tuple(name for name, _ in model.named_parameters() if not name.startswith(ENCODER_PREFIX))
+        groups = build_parameter_groups(model, head_prefixes=heads, backbone_lr=self.args.learning_rate,
+                                        head_lr=self.head_learning_rate, weight_decay=self.args.weight_decay)
+        # foreach: one vectorised update instead of ~150 small ones (it was 15% of a CPU step).
+        self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, foreach=True)
         return self.optimizer
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -136,11 +128,13 @@ def role_labels(labels: list[str], requested, defaults) -> list[str]:
     return [label for label in labels if label.lower() in wanted]
 
 
-def build_parser_model(backbone_path: str, labels, key_labels, value_labels, model_options: dict) -> XFormParserModel:
+def build_parser_model(backbone_path: str, labels, key_labels, value_labels, model_options: dict,
+                       backbone_reference: str | None = None) -> XFormParserModel:
     model_type = AutoConfig.from_pretrained(backbone_path).model_type
     backbone_type = BACKBONE_TYPE_BY_MODEL_TYPE.get(model_type, "text-layout")
     return XFormParserModel.from_backbone(backbone_path, labels=labels, key_labels=key_labels,
-                                          value_labels=value_labels, backbone_type=backbone_type, **model_options)
+                                          value_labels=value_labels, backbone_type=backbone_type,
+                                          backbone_reference=backbone_reference, **model_options)
 
 
 def training_items(encoded_documents, task_mode: str) -> list[dict]:
@@ -172,6 +166,9 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
     if options.tuner not in TUNERS:
         raise ValueError(f"tuner must be one of {TUNERS}, got {options.tuner!r}")
     started = time.time()
+    # Resolved first: a wrong --resume fails before any data or model is loaded.
+    resume_mode = {True: "latest", False: None}.get(options.resume, options.resume)  # bool: older callers
+    resume = resolve_resume(options.output_dir, resume_mode)
     backbone_path = resolve_model(options.backbone)
     if train_documents is None:
         train_documents = load_documents(options.train_path, options.data_format)
@@ -179,13 +176,17 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
         eval_documents = load_documents(options.eval_path, options.data_format) if options.eval_path else []
     if not train_documents:
         raise ValueError(f"{options.train_path}: no training documents")
+    image_branch = bool(options.model_options.get("use_image_branch", False))
+    check_page_images(train_documents, required=image_branch, what="training documents")
+    check_page_images(eval_documents, required=image_branch, what="evaluation documents")
     labels = sorted({entity.label for document in train_documents for entity in document.entities})
     key_labels = role_labels(labels, options.key_labels, DEFAULT_KEY_LABELS)
     value_labels = role_labels(labels, options.value_labels, DEFAULT_VALUE_LABELS)
 
     torch.manual_seed(options.seed)
     tokenizer = AutoTokenizer.from_pretrained(backbone_path)
-    model = build_parser_model(backbone_path, labels, key_labels, value_labels, options.model_options)
+    model = build_parser_model(backbone_path, labels, key_labels, value_labels, options.model_options,
+                               backbone_reference=options.backbone)
     config = model.config
     encoded = [encode_document(d, tokenizer, labels, key_labels, value_labels) for d in train_documents]
     task_mode = choose_task_mode(options.tuner, options.epi_tasks, train_documents)
@@ -201,7 +202,7 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
         load_best_model_at_end=has_eval, metric_for_best_model="f1" if has_eval else None,
         greater_is_better=True, save_total_limit=2, remove_unused_columns=False, report_to=[],
         disable_tqdm=not options.show_progress, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, task_schedule="mixed",
+        dataloader_num_workers=0, task_schedule="mixed", tuner=options.tuner,
     )
     epi_config = EPIConfig(method=options.tuner, **options.epi_options)
     trainer = XFormParserTrainer(
@@ -211,7 +212,6 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
         processing_class=tokenizer, epi_config=epi_config, eval_documents=eval_documents, task_mode=task_mode,
         head_learning_rate=options.head_learning_rate, callbacks=[SoftLabelScheduleCallback()],
     )
-    resume = get_last_checkpoint(options.output_dir) if options.resume and Path(options.output_dir).is_dir() else None
     train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(options.output_dir)
     trainer.save_epi_state(options.output_dir)

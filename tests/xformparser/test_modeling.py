@@ -149,10 +149,12 @@ def test_ablation_switches_build_and_run(flag, tiny_tokenizer, funsd_folder):
         assert module not in names
 
 
+def _cached_windows(model) -> int:
+    return sum(1 for key in model.backbone.adapter._frozen_cache if key != "version")
+
+
 @pytest.mark.parametrize("frozen_layers", [1, 2])
 def test_frozen_layers_are_cached_and_receive_no_gradient(frozen_layers, tiny_tokenizer, funsd_folder):
-    from xformparser.backbones import _FROZEN_STATE_CACHE, clear_frozen_state_cache
-
     backbone_type, backbone_config = _backbone_config("text-layout", len(tiny_tokenizer))
     backbone_config["num_hidden_layers"] = 2
     config = XFormParserConfig(backbone_config=backbone_config, window_size=WINDOW, window_overlap=6,
@@ -161,10 +163,9 @@ def test_frozen_layers_are_cached_and_receive_no_gradient(frozen_layers, tiny_to
     documents = load_documents(funsd_folder)[:2]
     encoded = [encode_document(d, tiny_tokenizer, config.labels, ["question"], ["answer"]) for d in documents]
     batch = XFormParserCollator(tiny_tokenizer, WINDOW, 6)(encoded)
-    clear_frozen_state_cache()
     model.train()
     model(**batch).loss.backward()
-    assert len(_FROZEN_STATE_CACHE) == batch["input_ids"].shape[0]
+    assert _cached_windows(model) == batch["input_ids"].shape[0]
     encoder = model.backbone.encoder
     assert all(p.grad is None for p in encoder.embeddings.parameters())
     assert all(p.grad is None for p in encoder.encoder.layer[frozen_layers - 1].parameters())
@@ -175,8 +176,113 @@ def test_frozen_layers_are_cached_and_receive_no_gradient(frozen_layers, tiny_to
     model.eval()
     with torch.no_grad():
         first = model(**batch).ser_logits
-        size = len(_FROZEN_STATE_CACHE)
+        size = _cached_windows(model)
         second = model(**batch).ser_logits
-    assert len(_FROZEN_STATE_CACHE) == size and torch.allclose(first, second)
+    assert _cached_windows(model) == size and torch.allclose(first, second)
     with pytest.raises(ValueError):
         XFormParserModel(XFormParserConfig(backbone_config=backbone_config, frozen_layers=3))
+
+
+def test_frozen_cache_is_owned_by_the_model_and_follows_weight_changes(tiny_tokenizer, funsd_folder):
+    """The cache was process-wide (and keyed by a sum over every frozen weight, computed on every
+    forward pass): now each model owns one, and an in-place weight change invalidates it."""
+    _, backbone_config = _backbone_config("text-layout", len(tiny_tokenizer))
+    config = XFormParserConfig(backbone_config=backbone_config, window_size=WINDOW, window_overlap=6,
+                               frozen_layers=1, dropout=0.0)
+    torch.manual_seed(0)
+    first, second = XFormParserModel(config).eval(), XFormParserModel(config).eval()
+    second.load_state_dict(first.state_dict())
+    documents = load_documents(funsd_folder)[:2]
+    encoded = [encode_document(d, tiny_tokenizer, config.labels, ["question"], ["answer"]) for d in documents]
+    batch = XFormParserCollator(tiny_tokenizer, WINDOW, 6)(encoded)
+    with torch.no_grad():
+        before = first(**batch).ser_logits
+        assert _cached_windows(first) == batch["input_ids"].shape[0] and _cached_windows(second) == 0
+        second.backbone.encoder.embeddings.word_embeddings.weight.mul_(3.0)  # frozen weight, changed in place
+        changed = second(**batch).ser_logits
+        assert not torch.allclose(before, changed)
+        first.backbone.encoder.embeddings.word_embeddings.weight.mul_(3.0)
+        assert torch.allclose(first(**batch).ser_logits, changed, atol=1e-5)  # recomputed, not stale
+
+
+@pytest.mark.parametrize("frozen_layers", [0, 1])
+def test_unpadded_cpu_windows_equal_the_padded_masked_batch(frozen_layers, tiny_tokenizer, funsd_folder):
+    _, backbone_config = _backbone_config("text-layout", len(tiny_tokenizer))
+    backbone_config["num_hidden_layers"] = 2
+    config = XFormParserConfig(backbone_config=backbone_config, window_size=WINDOW, window_overlap=6,
+                               frozen_layers=frozen_layers)
+    model = XFormParserModel(config).eval()
+    documents = load_documents(funsd_folder)[:3]
+    encoded = [encode_document(d, tiny_tokenizer, config.labels, ["question"], ["answer"]) for d in documents]
+    batch = XFormParserCollator(tiny_tokenizer, WINDOW, 6)(encoded)
+    lengths = batch["attention_mask"].sum(-1)
+    assert lengths.min() < lengths.max()  # some windows really are padded
+    adapter = model.backbone.adapter
+    with torch.no_grad():
+        unpadded = adapter(batch["input_ids"], batch["bbox"], batch["attention_mask"])
+        padded = adapter._encode(batch["input_ids"], batch["bbox"], batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(unpadded[real], padded[real], atol=1e-5)
+    assert torch.all(unpadded[~real] == 0)
+
+
+def test_word_embeddings_frozen_by_default_and_trainable_on_request(tiny_tokenizer):
+    _, backbone_config = _backbone_config("text-layout", len(tiny_tokenizer))
+    frozen = XFormParserModel(XFormParserConfig(backbone_config=backbone_config))
+    trainable = XFormParserModel(XFormParserConfig(backbone_config=backbone_config, freeze_word_embeddings=False))
+    assert not frozen.backbone.encoder.get_input_embeddings().weight.requires_grad
+    assert frozen.backbone.encoder.encoder.layer[0].attention.self.query.weight.requires_grad
+    assert trainable.backbone.encoder.get_input_embeddings().weight.requires_grad
+    assert frozen.backbone.encoder.config.attention_probs_dropout_prob == 0.0
+
+
+def test_checkpoint_leaves_out_frozen_backbone_weights_and_restores_them(tiny_encoder_dir, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModel as HFAutoModel
+
+    model = XFormParserModel.from_backbone(tiny_encoder_dir, labels=["header", "question", "answer", "other"],
+                                           frozen_layers=1)
+    with torch.no_grad():
+        model.ser_head[-1].bias.add_(1.0)  # something trained
+    model.save_pretrained(tmp_path / "saved")
+    with safe_open(str(tmp_path / "saved" / "model.safetensors"), framework="pt") as handle:
+        saved = set(handle.keys())
+    frozen = set(model.backbone_derived_keys())
+    assert frozen and not frozen & saved  # the frozen encoder is referenced, not copied
+    assert "backbone.adapter.encoder.encoder.layer.0.attention.self.query.weight" in frozen
+    loaded = XFormParserModel.from_pretrained(tmp_path / "saved")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+    pretrained = HFAutoModel.from_pretrained(tiny_encoder_dir)
+    assert torch.equal(loaded.backbone.encoder.encoder.layer[0].output.dense.weight,
+                       pretrained.encoder.layer[0].output.dense.weight)
+
+
+def test_relation_loss_is_zero_not_nan_without_value_candidates():
+    """Masked pairs hold finfo.min; summing them overflowed to -inf and '* 0' gave a NaN loss whenever
+    a batch had no value candidate (e.g. evaluation with predicted labels that never say 'answer')."""
+    re_logits = torch.full((1, 3, 4), torch.finfo(torch.float).min, requires_grad=True)
+    no_candidates = torch.zeros(1, 3, dtype=torch.bool)
+    loss = XFormParserModel._relation_loss(re_logits, torch.zeros(1, 3, 3), no_candidates, no_candidates)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(re_logits.grad).all()
+
+
+def test_neighbour_attention_sees_only_the_k_nearest_entities():
+    from xformparser.modeling_xformparser import NeighbourAttention
+
+    torch.manual_seed(0)
+    attention = NeighbourAttention(16, heads=2, neighbours=2, dropout=0.0).eval()
+    boxes = torch.tensor([[[0, 0, 10, 10], [20, 0, 30, 10], [900, 900, 950, 950], [0, 0, 0, 0]]], dtype=torch.float)
+    mask = torch.tensor([[True, True, True, False]])
+    features = torch.randn(1, 4, 16)
+    base = attention(features, boxes, mask)
+    changed = features.clone()
+    # (random changes: a constant shift would vanish in the layer norm)
+    changed[0, 2] += 3 * torch.randn(16)  # far away: outside entity 0's 2 nearest (itself and entity 1)
+    changed[0, 3] += 3 * torch.randn(16)  # padding
+    after = attention(changed, boxes, mask)
+    assert torch.allclose(base[0, :2], after[0, :2], atol=1e-6)
+    changed[0, 1] += 3 * torch.randn(16)  # a neighbour: entity 0 must see it
+    assert not torch.allclose(base[0, 0], attention(changed, boxes, mask)[0, 0])
