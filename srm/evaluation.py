@@ -5,12 +5,17 @@ Ties: one rule for ``srm score`` and ``srm evaluate`` (:func:`is_correct`). A co
 the labelled-better response gets a strictly higher score; equal scores count as wrong (as RewardBench's
 ``chosen > rejected``). A model that gives every answer the same reward is then at 0%, not at a
 chance-looking 50%. ``ties`` reports how many comparisons were exact ties.
+
+Truncation: ``truncated_responses`` counts responses that lost tokens in the model's joint ``prompt + response``
+window (head + tail truncation keeps their start and end) and ``truncated_pairs`` the comparisons with at least
+one such response, so a low accuracy on long answers can be told apart from a wrong judgement.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from .collate import truncated_responses
 from .data import ResponseGroup
 
 
@@ -47,21 +52,33 @@ def rmbench_cells(rewards: list[float]) -> dict[str, list[float]]:
     return cells
 
 
+def _truncation_flags(scorer, items: list[tuple[str, str]]) -> list[bool] | None:
+    """Per item: does it lose tokens in the scorer's joint window? None for scorers without a tokenizer."""
+    tokenizer, model = getattr(scorer, "tokenizer", None), getattr(scorer, "model", None)
+    if tokenizer is None or model is None or not items:
+        return None
+    return truncated_responses(tokenizer, model.config, [p for p, _ in items], [r for _, r in items])
+
+
 def evaluate_groups(scorer, groups: list[ResponseGroup]) -> dict:
     items = [(g.prompt, r) for g in groups for r in g.responses]
     scores = scorer.score(items)
+    truncated = _truncation_flags(scorer, items)
+    truncated_pairs = 0
     overall, dimensions = _Tally(), _Tally()
     ties = 0
     matrix = {"all": defaultdict(list)}
     start = 0
     for group in groups:
-        group_scores = scores[start:start + len(group.responses)]
-        start += len(group.responses)
+        offset, start = start, start + len(group.responses)
+        group_scores = scores[offset:start]
         rewards = [s.reward for s in group_scores]
         for pair in group.pairs:
             if pair.overall:
                 outcome = _outcome(rewards[pair.better] - rewards[pair.worse])
                 ties += rewards[pair.better] == rewards[pair.worse]
+                if truncated is not None:
+                    truncated_pairs += truncated[offset + pair.better] or truncated[offset + pair.worse]
                 overall.add("all", outcome)
                 overall.add(f"source/{group.source or 'unknown'}", outcome)
                 if group.dataset:
@@ -81,6 +98,8 @@ def evaluate_groups(scorer, groups: list[ResponseGroup]) -> dict:
     table = overall.table()
     result = {"pairs": table.get("all", {}).get("pairs", 0), "accuracy": table.get("all", {}).get("accuracy"),
               "ties": ties,
+              "truncated_responses": sum(truncated) if truncated is not None else None,
+              "truncated_pairs": truncated_pairs if truncated is not None else None,
               "by_source": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("source/")},
               "by_dataset": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("dataset/")},
               "by_domain": {k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("domain/")},

@@ -173,3 +173,12 @@ def test_scalar_baseline_trains_and_scores(tmp_path):
     results = scorer.score([(PROMPTS[0], GOOD[0]), (PROMPTS[0], BAD[0])])
     assert results[0].dimensions == {} and results[0].gates == {}
     assert scorer.explain_pair(results[0], results[1])["decided_by"] == []
+
+
+def test_evaluate_counts_truncated_responses_and_pairs(model_dir, tmp_path, capsys):
+    long_answer = " ".join([GOOD[0]] * 40)  # far beyond the tiny model's 64-token window
+    data = write_jsonl(tmp_path / "long.jsonl", [{"prompt": PROMPTS[0], "chosen": long_answer, "rejected": BAD[0]},
+                                                 {"prompt": PROMPTS[1], "chosen": GOOD[1], "rejected": BAD[1]}])
+    assert main(["evaluate", "--model", model_dir, "--data", str(data)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert (metrics["truncated_responses"], metrics["truncated_pairs"], metrics["pairs"]) == (1, 1, 2)

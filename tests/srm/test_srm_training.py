@@ -64,7 +64,8 @@ def test_frozen_backbone_is_cached_and_unchanged_and_epi_runs(tmp_path):
     assert first_calls == len({(g.prompt, r) for g in groups for r in g.responses}) and cache_path.exists()
     tensors = precompute_group_tensors(model, tokenizer, groups, FeatureCache(cache_path))  # from the file
     assert branch.calls == first_calls
-    assert tensors[0].response_embeddings.shape == (2, model.backbone.config.hidden_size)
+    # joint pass: pooled output + pooled response segment (what the shared similarity features read)
+    assert tensors[0].response_embeddings.shape == (2, 2 * model.backbone.config.hidden_size)
 
 
 def test_resume_from_checkpoint(tmp_path):
