@@ -1,4 +1,5 @@
-"""Overlay of a parse result on its page: entity boxes coloured by label, arrows key -> value, a legend.
+"""Overlay of a parse result on its page: entity boxes coloured by label, arrows key -> value, a legend
+in a panel to the right of the page (page pixels keep their coordinates: x < width is the page).
 
     from xformparser.visualize import render_overlay
     render_overlay(page_image, result).save("page.png")
@@ -89,15 +90,23 @@ def render_overlay(image, result: dict) -> Image.Image:
         start, end = _anchor_points(boxes[pair["key"]["id"]], boxes[pair["value"]["id"]])
         _arrow(draw, start, end, LINK_COLOUR + (230,), line_width)
 
-    # Legend in the top-right corner: one swatch per label present, then the link arrow.
+    page = Image.alpha_composite(base, overlay)
+
+    # Legend in a panel to the right of the page (never on top of the form): one swatch per label
+    # present, then the link arrow.
     font = _font(max(12, round(14 * scale)))
     entries = [(label, label_colour(label, extra)) for label in labels_seen]
     row = max(16, round(20 * scale))
-    text_width = max([draw.textlength(label, font=font) for label, _ in entries] + [draw.textlength("key -> value", font=font)])
+    probe = ImageDraw.Draw(page)
+    text_width = max([probe.textlength(label, font=font) for label, _ in entries] + [probe.textlength("key -> value", font=font)])
     box_width = int(text_width + 3.2 * row)
     box_height = int(row * (len(entries) + 1) + row * 0.6)
-    left, top = width - box_width - 10, 10
-    draw.rectangle([left, top, left + box_width, top + box_height], fill=(255, 255, 255, 235), outline=(0, 0, 0, 255))
+    canvas = Image.new("RGBA", (width + box_width + 20, max(height, box_height + 20)), (255, 255, 255, 255))
+    canvas.paste(page, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    left, top = width + 10, 10
+    draw.line([(width, 0), (width, height)], fill=(160, 160, 160, 255), width=1)
+    draw.rectangle([left, top, left + box_width, top + box_height], fill=(255, 255, 255, 255), outline=(0, 0, 0, 255))
     y = top + row * 0.3
     for label, colour in entries:
         draw.rectangle([left + 8, y + 3, left + 8 + row, y + row - 3], fill=colour + (120,), outline=colour + (255,), width=2)
@@ -105,7 +114,7 @@ def render_overlay(image, result: dict) -> Image.Image:
         y += row
     _arrow(draw, (left + 8, y + row / 2), (left + 8 + row * 1.4, y + row / 2), LINK_COLOUR + (255,), 2)
     draw.text((left + 16 + row * 1.4, y), "key -> value", fill=(0, 0, 0, 255), font=font)
-    return Image.alpha_composite(base, overlay).convert("RGB")
+    return canvas.convert("RGB")
 
 
 def write_overlay(path, image, result: dict) -> Path:
