@@ -7,6 +7,7 @@ The options are generated from :class:`TrainOptions` and :class:`~sft_core.epi.E
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -217,8 +218,10 @@ def train_command(args: argparse.Namespace) -> int:
     except ValueError as error:  # e.g. --task-proportions naming an absent task, bad step counts
         raise UserError(str(error)) from None
     try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
-        _save_final_model(trainer, output)
+        # transformers prints its log dicts on stdout (tqdm.write / print); stdout is for the JSON summary
+        with contextlib.redirect_stdout(sys.stderr):
+            result = trainer.train(resume_from_checkpoint=resume_from)
+            _save_final_model(trainer, output)
         summary = None
         if trainer.args.should_save:
             isolator = trainer.isolator

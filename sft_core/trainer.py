@@ -107,6 +107,8 @@ class _CheckpointCompletion(TrainerCallback):
         self.trainer = trainer
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:  # every rank has written its part (its RNG state) before the marker
+            self.trainer.accelerator.wait_for_everyone()
         if args.should_save:
             directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if directory.is_dir():

@@ -46,11 +46,13 @@ def train_args(model_dir, files, output, *extra):
     return args + list(extra)
 
 
-def test_train_writes_a_model_directory_epi_state_and_drift_plot(tiny_model_dir, data_files, tmp_path):
+def test_train_writes_a_model_directory_epi_state_and_drift_plot(tiny_model_dir, data_files, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     output = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data_files, output)) == 0
+    stdout = capsys.readouterr().out
+    assert json.loads(stdout)["global_steps"] == 6  # stdout is the JSON summary alone, logs went to stderr
     for name in ("config.json", "model.safetensors", "tokenizer.json", "epi_state.safetensors", "epi_state.json",
                  "epi_drift.jsonl", "train_summary.json"):
         assert (output / name).is_file(), name

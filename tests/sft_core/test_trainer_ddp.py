@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from sft_core.checkpoints import COMPLETE_MARKER, is_complete_checkpoint
+
 WORKER = textwrap.dedent('''
     import json, os, sys
     import torch
@@ -37,7 +39,7 @@ WORKER = textwrap.dedent('''
 
     args = MultiTaskTrainingArguments(output_dir=output, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                                       max_steps=6, learning_rate=5e-3, report_to=[], disable_tqdm=True, use_cpu=True,
-                                      ddp_backend="gloo", save_strategy="no")
+                                      ddp_backend="gloo", save_steps=6)
     trainer = Recording(model=model, args=args, train_dataset=SFTDataset(records, tokenizer, 48),
                         data_collator=CausalLMCollator(tokenizer.pad_token_id),
                         epi_config=EPIConfig(warmup_steps=2, update_interval=2, sync_masks_across_ranks=False,
@@ -81,3 +83,8 @@ def test_torchrun_two_ranks_share_each_steps_task_and_end_with_identical_masks(t
     assert any(key.startswith("mask/") and rank0[key].numel() for key in rank0)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
+    # the completion marker is written after both ranks wrote their part of the checkpoint
+    checkpoint = tmp_path / "checkpoint-6"
+    assert is_complete_checkpoint(checkpoint)
+    marked = json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"]
+    assert {"rng_state_0.pth", "rng_state_1.pth", "epi_state.safetensors", "trainer_state.json"} <= set(marked)
