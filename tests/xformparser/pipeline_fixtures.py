@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import zlib
 from pathlib import Path
 
@@ -162,3 +163,17 @@ def write_encrypted_looking_pdf(path: Path) -> Path:
                                            b"<0123456789abcdef0123456789abcdef>] >>")
     path.write_bytes(data)
     return path
+
+
+def disable_network(monkeypatch) -> None:
+    """Make every attempt to open a network connection raise, and tell Hugging Face libraries to stay
+    offline: what runs afterwards in the test must not need the network."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

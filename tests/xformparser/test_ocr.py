@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from pipeline_fixtures import render_form
+from pipeline_fixtures import disable_network, render_form
 from xformparser.ocr import (JsonOcr, OcrError, OcrWord, RapidOcrEngine, TesseractEngine, align_pieces_to_words,
                              group_words_into_lines, rapidocr_model_dir, read_ocr_json, split_line_into_words,
                              tesseract_available)
@@ -13,16 +13,7 @@ from xformparser.ocr import (JsonOcr, OcrError, OcrWord, RapidOcrEngine, Tessera
 
 @pytest.fixture()
 def no_network(monkeypatch):
-    """Any attempt to open a network connection raises; Hugging Face libraries are told to stay offline."""
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    disable_network(monkeypatch)
     with pytest.raises(OSError):  # the guard itself works
         socket.create_connection(("127.0.0.1", 9), timeout=1)
 

@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from pipeline_fixtures import (gold_pairs, pair_f1, render_form, write_encrypted_looking_pdf, write_rendered_funsd,
-                               write_text_pdf)
+from pipeline_fixtures import (disable_network, gold_pairs, pair_f1, render_form, write_encrypted_looking_pdf,
+                               write_rendered_funsd, write_text_pdf)
 from xformparser.cli import main
 
 SHIPPED_MODEL_MIN_PAIR_F1 = 0.3  # floor for the shipped model on 3 synthetic pages (see the test)
@@ -93,8 +93,10 @@ def shipped_model_available():
         pytest.skip("no shipped default model in xformparser/default_model")
 
 
-def test_shipped_model_parses_synthetic_forms_and_a_pdf_end_to_end(shipped_model_available, tmp_path, capsys):
-    """No --model: the shipped default model, real rapidocr, pair F1 against the generated ground truth."""
+def test_shipped_model_parses_synthetic_forms_and_a_pdf_end_to_end(shipped_model_available, tmp_path, capsys,
+                                                                     monkeypatch):
+    """No --model: the shipped default model, real rapidocr, networking disabled, pair F1 against the
+    generated ground truth."""
     from xformparser.formats import build_document
     from xformparser.parse_eval import pair_scores
     from xformparser.synth import render_form as render_synthetic
@@ -104,6 +106,7 @@ def test_shipped_model_parses_synthetic_forms_and_a_pdf_end_to_end(shipped_model
     for name in names[:2]:
         forms[name].image.save(tmp_path / f"{name}.png")
     forms[names[2]].image.save(tmp_path / f"{names[2]}.pdf", resolution=144.0)
+    disable_network(monkeypatch)
     assert main(["parse", str(tmp_path / f"{names[0]}.png"), str(tmp_path / f"{names[1]}.png"),
                  str(tmp_path / f"{names[2]}.pdf"), "--no-progress"]) == 0
     pages = json.loads(capsys.readouterr().out)["pages"]
