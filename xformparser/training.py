@@ -212,7 +212,9 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
         processing_class=tokenizer, epi_config=epi_config, eval_documents=eval_documents, task_mode=task_mode,
         head_learning_rate=options.head_learning_rate, callbacks=[SoftLabelScheduleCallback()],
     )
+    cpu_started = time.process_time()
     train_output = trainer.train(resume_from_checkpoint=resume)
+    train_cpu_seconds = time.process_time() - cpu_started  # this process's CPU time: less contention-bound than wall
     trainer.save_model(options.output_dir)
     trainer.save_epi_state(options.output_dir)
 
@@ -228,6 +230,8 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
         "global_steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
         "train_loss": train_output.training_loss, "wall_seconds": round(time.time() - started, 1),
+        "train_runtime_seconds": round(train_output.metrics.get("train_runtime", 0.0), 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1),
         "resumed_from": resume, "options": asdict(options), "eval_report": final_report,
     }
     atomic_write_json(Path(options.output_dir) / "training_summary.json", summary)

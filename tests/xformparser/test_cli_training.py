@@ -39,8 +39,9 @@ def test_train_evaluate_and_resume_end_to_end(tiny_encoder_dir, tmp_path, capsys
     assert main(["evaluate", "--model", str(output), "--data", str(dev), "--output", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert report["documents"] == 2 and report["gold_links"] == 10
-    for key in ("ser", "seqeval_bio", "re_gold_labels", "re_end_to_end", "re_rule_gold_labels"):
+    for key in ("ser", "seqeval_bio", "re_gold_labels", "re_end_to_end", "re_rule_gold_labels", "joint_inference"):
         assert key in report
+    assert report["line_splitting"]["spans"] == 10  # every "name:" + answer line of the 2 forms is a merged span
     assert set(report["ser"]["per_label"]) >= {"question", "answer"}
     # the rule linker on these synthetic forms (value right of its key on the same line) is perfect
     assert report["re_rule_gold_labels"]["f1"] == 1.0

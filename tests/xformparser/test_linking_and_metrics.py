@@ -83,3 +83,54 @@ def test_seqeval_scores_hand_computed():
     assert scores["precision"] == pytest.approx(0.5)
     assert scores["recall"] == pytest.approx(1 / 3)
     assert scores["f1"] == pytest.approx(0.4)
+
+
+def test_merged_line_spans_and_split_scores():
+    from types import SimpleNamespace
+
+    from xformparser.evaluation import line_split_scores, merged_line_spans
+
+    # "Date:" "12/03/98" on one line, then a lone line below; words: 1 + 2 + 1
+    document = SimpleNamespace(entity_boxes=[[10, 10, 60, 30], [70, 10, 150, 30], [10, 80, 90, 100]],
+                               token_entity=[0, 1, 1, 1, 2], token_bio=[1, 3, 4, -100, 1])
+    assert merged_line_spans(document) == [[0, 1]]
+    gold = [["B-QUESTION", "B-ANSWER", "I-ANSWER", "B-QUESTION"]]
+    assert line_split_scores([document], gold, gold) == {"spans": 1, "exact": 1.0, "boundaries": 1.0}
+    unsplit = [["B-QUESTION", "I-QUESTION", "I-QUESTION", "B-QUESTION"]]  # the merged line kept whole
+    assert line_split_scores([document], gold, unsplit)["exact"] == 0.0
+    wrong_type = [["B-ANSWER", "B-QUESTION", "I-QUESTION", "B-QUESTION"]]  # split right, labels wrong
+    scores = line_split_scores([document], gold, wrong_type)
+    assert scores["exact"] == 0.0 and scores["boundaries"] == 1.0
+
+
+def test_joint_decoding_relabels_the_ends_of_confident_links(tiny_tokenizer, monkeypatch):
+    import torch
+    from transformers import BertConfig
+
+    from xformparser import XFormParserConfig, XFormParserModel
+    from xformparser.evaluation import FormParser
+
+    labels = ["answer", "header", "other", "question"]
+    backbone = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64).to_dict()
+    model = XFormParserModel(XFormParserConfig(labels=labels, backbone_config=backbone)).eval()
+    probabilities = torch.tensor([[[0.1, 0.0, 0.3, 0.6],     # 0: a key
+                                   [0.4, 0.0, 0.55, 0.05],   # 1: "other" by argmax, but may be a value
+                                   [0.7, 0.0, 0.2, 0.1],     # 2: a value
+                                   [0.0, 0.0, 1.0, 0.0]]])   # 3: other, never a candidate
+    states = {"ser_logits": probabilities.log(), "entity_features": torch.zeros(1, 4, 8)}
+    batch = {"entity_mask": torch.ones(1, 4, dtype=torch.bool), "entity_boxes": torch.zeros(1, 4, 4)}
+    seen = {}
+
+    def fake_scores(features, ser_logits, label_ids, source, boxes, mask, heads, tails):
+        seen["heads"], seen["tails"] = heads.clone(), tails.clone()
+        logits = torch.full((1, 4, 5), -20.0)
+        logits[0, 1, 0] = 5.0  # value candidate 1 -> key 0, confident
+        logits[0, 2, 0], logits[0, 2, 1], logits[0, 2, 4] = 0.0, -0.1, -0.2  # value 2 -> key 0 at p = 0.37
+        return logits
+
+    monkeypatch.setattr(model, "_score_relations", fake_scores)
+    label_ids, chosen = FormParser(model, tiny_tokenizer)._joint_decode(states, batch)
+    assert seen["tails"].tolist() == [[False, True, True, False]]  # entity 1 joined the value candidates
+    assert [labels[i] for i in label_ids[0].tolist()] == ["question", "answer", "answer", "other"]
+    assert chosen[0].tolist() == [-1, 0, 0, -1]  # 1: confident link; 2: both ends already key/value
