@@ -240,6 +240,7 @@ def main(argv=None) -> int:
         ("gold_ocr", lambda: FormParser(model_dir=args.model, ocr=str(test_dir / "annotations")), "FUNSD annotation boxes"),
         ("rule_linker", cached_parser(linker="rule"), "rapidocr (cached)"),
         ("split_colon", cached_parser(split="colon"), "rapidocr (cached)"),
+        ("split_both", cached_parser(split="both"), "rapidocr (cached)"),
         ("no_split", cached_parser(split="none"), "rapidocr (cached)"),
         ("no_merge", cached_parser(merge_lines=False), "rapidocr (cached)"),
         ("gold_ocr_rule_linker", lambda: FormParser(model_dir=args.model, ocr=str(test_dir / "annotations"),

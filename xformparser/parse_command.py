@@ -34,8 +34,9 @@ def register(subparsers) -> None:
     parser.add_argument("--visualize", metavar="DIR", help="write one overlay PNG per page here")
     parser.add_argument("--linker", default="model", choices=("model", "rule"),
                         help="key -> value links from the model's biaffine scorer or the geometric rule")
-    parser.add_argument("--split", default="model", choices=("model", "colon", "none"),
-                        help="how merged 'Key: value' OCR lines are split: the model's BIO tags, the colon rule, or not")
+    parser.add_argument("--split", default="model", choices=("model", "colon", "both", "none"),
+                        help="how merged 'Key: value' OCR lines are split: the model's BIO tags, the colon rule, "
+                             "both (union), or not at all")
     parser.add_argument("--batch-size", type=int, default=4, help="pages per model forward pass")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime")
     parser.add_argument("--det-side", type=int, default=736, help="rapidocr detection: page resized so its "

@@ -47,7 +47,7 @@ PDF_SUFFIXES = (".pdf",)
 JSON_SUFFIXES = (".json",)
 INPUT_SUFFIXES = IMAGE_SUFFIXES + PDF_SUFFIXES + JSON_SUFFIXES
 PDF_RENDER_SCALE = 2.0  # 144 dpi: enough for OCR of form text, small enough to stay fast
-SPLIT_MODES = ("model", "colon", "none")
+SPLIT_MODES = ("model", "colon", "both", "none")
 LINKERS = ("model", "rule")
 MAX_KEY_WORDS = 6
 _TIME_COLON = re.compile(r"\d:\d")
@@ -417,7 +417,7 @@ def _load_model(model_dir):
 class FormParser:
     """The parse pipeline (module docstring). ``model_dir=None`` uses the shipped default model;
     ``ocr``: ``rapidocr`` | ``tesseract`` | an OCR JSON file or folder; ``linker``: ``model`` | ``rule``;
-    ``split``: ``model`` (token BIO head, else colon rule) | ``colon`` | ``none``."""
+    ``split``: ``model`` (token BIO head, else colon rule) | ``colon`` | ``both`` (union of the two) | ``none``."""
 
     def __init__(self, model_dir=None, ocr: str = "rapidocr", linker: str = "model", batch_size: int = 4,
                  split: str = "model", merge_lines: bool = True, ocr_options: RapidOcrOptions | None = None,
@@ -519,7 +519,8 @@ class FormParser:
 
         # Split merged "Key: value" lines (BIO head, else the colon rule) and re-pool.
         if self.split != "none":
-            bio = states.bio_logits([d["encoded"] for d in docs]).argmax(-1) if self.split == "model" and self._has_bio else None
+            use_bio = self.split in ("model", "both") and self._has_bio
+            bio = states.bio_logits([d["encoded"] for d in docs]).argmax(-1) if use_bio else None
             for row, (doc, item) in enumerate(zip(docs, items)):
                 split_started = time.perf_counter()
                 doc["candidates"] = self._split(doc, item["lines"], bio[row] if bio is not None else None)
@@ -568,11 +569,13 @@ class FormParser:
         result = []
         for candidate in doc["candidates"]:
             words = candidate.words
+            points = set()
             if bio_row is not None:
-                points = bio_split_points([word_types.get(w, "O") for w in words])
-            else:
+                points.update(bio_split_points([word_types.get(w, "O") for w in words]))
+            if bio_row is None or self.split == "both":
                 point = colon_split_point([lines[l].words[w] for l, w in words])
-                points = [point] if point else []
+                points.update([point] if point else [])
+            points = sorted(points)
             bounds = [0, *points, len(words)]
             result += [_candidate(lines, words[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
         return result
