@@ -73,6 +73,12 @@ def test_train_with_empty_data_and_resume_latest_without_checkpoint(encoder_dir,
     _assert_one_error_line(capsys, "--resume latest", "no complete checkpoint")
     assert main(_train_args(encoder_dir, data_file, tmp_path / "out", "--resume", str(tmp_path / "gone"))) == 2
     _assert_one_error_line(capsys, "--resume", "gone")
+    bad_dimensions = _train_args(encoder_dir, data_file, tmp_path / "out")
+    bad_dimensions[bad_dimensions.index("--dimensions") + 1] = "correctness:no-such-branch"
+    assert main(bad_dimensions) == 2
+    _assert_one_error_line(capsys, "--dimensions", "no-such-branch")
+    assert main(_train_args(encoder_dir, data_file, tmp_path / "out", "--split", str(tmp_path / "split.json"))) == 2
+    _assert_one_error_line(capsys, "--split", "split.json")
 
 
 def test_the_installed_entry_point_prints_no_traceback(tmp_path):
