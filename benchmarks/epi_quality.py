@@ -437,7 +437,8 @@ def write_report(report, profile, out_dir):
     tasks = list(profile["tasks"])
     base = report["base"]
     lines = ["# EPI quality", "",
-             f"Command: `{report['command']}`", "",
+             "Command" + (f"s (merged runs): `{'`, then `'.join(report.get('earlier_commands', []) + [report['command']])}`"
+                          if report.get("earlier_commands") else f": `{report['command']}`"), "",
              f"Profile `{report['profile']}`: model `{profile['model']}` + one linear head per task "
              f"({report['trainable_params'] / 1e6:.1f}M trainable parameters: word embeddings and the lowest "
              f"{profile['frozen_blocks']} of 6 blocks frozen); tasks {', '.join(tasks)} (label-balanced, "
@@ -452,7 +453,8 @@ def write_report(report, profile, out_dir):
              f"{', '.join(map(str, profile['seeds']))} (each seed: its own data sample, head init and batch order; "
              f"methods paired within a seed). Probe: retrieval NLL over {profile['probe_pairs']} CodeAlpaca "
              "instruction/output pairs (lower = better), reported as the rise from the base model.", "",
-             f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min"
+             f"Machine: {report['machine']}; wall time "
+             f"{(report['wall_seconds'] + report.get('earlier_wall_seconds', 0.0)) / 60:.1f} min"
              + ("" if report.get("complete") else " (**partial: written while the run was going**)") + ".", "",
              "Base model probe NLL per seed: " + ", ".join(f"{s}: {b['probe_nll']:.3f}" for s, b in base.items()), "",
              f"## Summary (ratio {profile['summary_ratio']}; forgetting from the sequential schedule, avg score = "
@@ -534,6 +536,8 @@ def main(argv=None):
     if args.merge and (out_dir / "epi_quality.json").is_file():
         previous = json.loads((out_dir / "epi_quality.json").read_text())
         report["runs"], report["base"] = previous["runs"], {int(k): v for k, v in previous["base"].items()}
+        report["earlier_commands"] = previous.get("earlier_commands", []) + [previous["command"]]
+        report["earlier_wall_seconds"] = previous.get("earlier_wall_seconds", 0.0) + previous.get("wall_seconds", 0.0)
     done = {(r["schedule"], r["method"], r["ratio"], r["seed"]) for r in report["runs"]}
     work_dir = Path(args.work_dir)
     prepared = {}
