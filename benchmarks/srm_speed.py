@@ -70,8 +70,11 @@ def parse_args(argv=None):
     parser.add_argument("--judge-rounds", type=int, default=3)
     parser.add_argument("--judge-batch-size", type=int, default=8)
     parser.add_argument("--judge-new-tokens", type=int, default=24)
-    parser.add_argument("--judge-text-tokens", type=int, default=192,
-                        help="each of prompt / response A / response B is cut to this many judge tokens")
+    parser.add_argument("--judge-prompt-tokens", type=int, default=None,
+                        help="the judge sees at most this many prompt tokens (default: the SRM's max_prompt_length)")
+    parser.add_argument("--judge-response-tokens", type=int, default=None,
+                        help="... and this many tokens of each response (default: the SRM's joint window minus "
+                             "its prompt share), so both judges read about the same text")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "docs", "results"))
     return parser.parse_args(argv)
@@ -129,22 +132,23 @@ def timed(function, *args):
 class GenerativeJudge:
     """smollm2-135m writes a verdict on (prompt, A, B); the first 'A' / 'B' of the text is the decision."""
 
-    def __init__(self, name: str, text_tokens: int, new_tokens: int, batch_size: int):
+    def __init__(self, name: str, prompt_tokens: int, response_tokens: int, new_tokens: int, batch_size: int):
         self.tokenizer = load_tokenizer(name)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = load_causal_lm(name).eval()
-        self.text_tokens, self.new_tokens, self.batch_size = text_tokens, new_tokens, batch_size
+        self.prompt_tokens, self.response_tokens = prompt_tokens, response_tokens
+        self.new_tokens, self.batch_size = new_tokens, batch_size
 
-    def _cut(self, text: str) -> str:
+    def _cut(self, text: str, limit: int) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= self.text_tokens else self.tokenizer.decode(ids[: self.text_tokens]) + " ..."
+        return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit]) + " ..."
 
     def _prompt(self, prompt: str, a: str, b: str) -> str:
-        messages = [{"role": "system", "content": JUDGE_SYSTEM},
-                    {"role": "user", "content": JUDGE_TEMPLATE.format(prompt=self._cut(prompt), a=self._cut(a),
-                                                                      b=self._cut(b))}]
+        text = JUDGE_TEMPLATE.format(prompt=self._cut(prompt, self.prompt_tokens), a=self._cut(a, self.response_tokens),
+                                     b=self._cut(b, self.response_tokens))
+        messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": text}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     @torch.inference_mode()
@@ -210,7 +214,9 @@ def main(argv=None) -> int:
             print(f"round {index + 1}/{args.rounds}: srm {srm_wall:.2f}s scalar {scalar_wall:.2f}s ratio "
                   f"{rounds[-1]['ratio']:.3f} (CPU time ratio {rounds[-1]['cpu_ratio']:.3f})", file=sys.stderr)
 
-        judge = GenerativeJudge(JUDGE, args.judge_text_tokens, args.judge_new_tokens, args.judge_batch_size)
+        prompt_tokens = args.judge_prompt_tokens or config.max_prompt_length
+        response_tokens = args.judge_response_tokens or (config.max_sequence_length - config.max_prompt_length)
+        judge = GenerativeJudge(JUDGE, prompt_tokens, response_tokens, args.judge_new_tokens, args.judge_batch_size)
         judge_pairs = pairs[: args.judge_pairs]
         triples, chosen_letters = judge_triples(judge_pairs)
         srm_items = [(p, r) for p, c, j in judge_pairs for r in (c, j)]
@@ -258,7 +264,8 @@ def main(argv=None) -> int:
         "workload": {"pairs": args.pairs, "responses_per_round": len(items), "rounds": args.rounds,
                      "batch_size": args.batch_size, "judge_pairs": len(judge_pairs), "judge_rounds": args.judge_rounds,
                      "judge_batch_size": args.judge_batch_size, "judge_new_tokens": args.judge_new_tokens,
-                     "judge_text_tokens": args.judge_text_tokens, "threads": args.threads,
+                     "judge_prompt_tokens": prompt_tokens, "judge_response_tokens": response_tokens,
+                     "threads": args.threads,
                      "data": "test part of splits/preference-split.json (RM-Bench detailed vs detailed, IFBench)"},
         "rounds": rounds, "judge_rounds": judge_rounds,
         "judge_context": {"verdicts": verdict_texts, "parsed": sum(v is not None for v in verdicts),
@@ -286,8 +293,9 @@ def markdown(report: dict) -> str:
         "from their folders the way `srm score` loads a model, in one process, no feature cache.", "",
         f"Workload: {w['responses_per_round']} responses ({w['pairs']} test pairs: {w['data']}), batch size "
         f"{w['batch_size']}, {w['rounds']} paired rounds in alternating order. Judge: `{JUDGE}` writes a verdict "
-        f"(greedy, up to {w['judge_new_tokens']} new tokens, prompt and each response cut to "
-        f"{w['judge_text_tokens']} tokens, batch {w['judge_batch_size']}) on {w['judge_pairs']} pairs, "
+        f"(greedy, up to {w['judge_new_tokens']} new tokens; it reads at most {w['judge_prompt_tokens']} prompt "
+        f"tokens and {w['judge_response_tokens']} tokens of each response, about what the SRM's window holds; batch "
+        f"{w['judge_batch_size']}) on {w['judge_pairs']} pairs, "
         f"{w['judge_rounds']} rounds, each paired with the SRM scoring both responses of the same pairs.", "",
         f"Machine: {report['machine']}. Absolute seconds are noisy on a shared CPU; the per-round ratios much less so.",
         "",

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .branches import FeatureCache, compute_branch_features
+from .branches import FeatureCache, compute_branch_features, length_sorted_order
 from .collate import EncoderEmbeddingBranch, tokenize_joint, tokenize_prompts
 from .modeling_srm import SRMModel
 
@@ -57,11 +57,17 @@ class SRMScorer:
 
     @torch.inference_mode()
     def score(self, items: list[tuple[str, str]]) -> list[ScoreResult]:
-        """Score (prompt, response) pairs in batches; results keep the input order."""
-        results: list[ScoreResult] = []
+        """Score (prompt, response) pairs in batches; results keep the input order.
+
+        Batches are formed from items of similar length (each batch is padded to its longest item, so mixing a
+        short and a long answer wastes most of the short one's compute); the results are put back in order."""
+        order = length_sorted_order([str(p) + str(r) for p, r in items])
+        results: list[ScoreResult | None] = [None] * len(items)
         starts = range(0, len(items), self.batch_size)
         for start in tqdm(starts, desc="scoring", disable=not self.show_progress or len(starts) < 2):
-            results.extend(self._score_batch(items[start:start + self.batch_size]))
+            rows = order[start:start + self.batch_size]
+            for row, result in zip(rows, self._score_batch([items[i] for i in rows])):
+                results[row] = result
         return results
 
     def _score_batch(self, batch: list[tuple[str, str]]) -> list[ScoreResult]:

@@ -182,3 +182,14 @@ def test_evaluate_counts_truncated_responses_and_pairs(model_dir, tmp_path, caps
     assert main(["evaluate", "--model", model_dir, "--data", str(data)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert (metrics["truncated_responses"], metrics["truncated_pairs"], metrics["pairs"]) == (1, 1, 2)
+
+
+def test_scorer_batches_by_length_and_returns_results_in_input_order(model_dir):
+    from srm.scoring import SRMScorer
+
+    scorer = SRMScorer.from_pretrained(model_dir, batch_size=1, device="cpu")
+    items = [(PROMPTS[i], " ".join([GOOD[i]] * (1 + 3 * (i % 3)))) for i in range(6)] + [(PROMPTS[0], BAD[0])]
+    one_by_one = [r.reward for r in scorer.score(items)]
+    scorer.batch_size = 3  # batches now group similar lengths: other batches, same results, same order
+    assert [r.reward for r in scorer.score(items)] == pytest.approx(one_by_one, abs=1e-5)
+    assert len(set(round(r, 6) for r in one_by_one)) > 1
