@@ -275,6 +275,12 @@ def verify_alias(alias: str, *, rebuild: bool = True) -> str | None:
         return None
     directory = _converted_dir(alias)
     problem = cache_problem(directory, check_hashes=True)
+    info = _read_marker(directory) if directory.is_dir() else None
+    if problem is None and info is not None and isinstance(info.get("files"), list):
+        with _conversion_lock(alias):
+            _upgrade_legacy_marker(directory)
+        print(f"[sftkit] '{alias}': its marker (older sftkit) had no checksums; recorded them now, after checking "
+              "the safetensors files against their headers", file=sys.stderr)
     if problem is not None and directory.exists():
         print(f"[sftkit] '{alias}' at {directory}: {problem}", file=sys.stderr)
         if rebuild:

@@ -269,6 +269,9 @@ def test_legacy_marker_gets_hashes_without_reconversion_unless_truncated(fake_al
     assert upgraded["format_version"] == hub.MARKER_FORMAT_VERSION and len(fake_alias) == 1
     assert upgraded["files"]["model.safetensors"]["sha256"] == hub.file_sha256(directory / "model.safetensors")
     marker.write_text(json.dumps({"alias": "fake", "files": ["config.json", "model.safetensors"]}))
+    assert hub.verify_alias("fake") is None and "recorded them now" in capsys.readouterr().err
+    assert "sha256" in json.loads(marker.read_text())["files"]["config.json"]
+    marker.write_text(json.dumps({"alias": "fake", "files": ["config.json", "model.safetensors"]}))
     weights = directory / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])  # the header says how long the file must be
     assert "its header implies" in hub.cache_problem(directory)
