@@ -42,36 +42,24 @@ def _scores(report: dict) -> dict:
             "re_f1_end_to_end": round(report["re_end_to_end"]["f1"], 4), "documents": report["documents"]}
 
 
-def synthetic_documents(out_dir: Path, per_language: int, langs: list[str], seed: int):
-    from xformparser.formats import load_documents
-    from xformparser.synth import generate_dataset
-
-    generate_dataset(out_dir, per_language, langs=langs, seed=seed)
-    documents = []
-    for lang in langs:
-        documents += load_documents(str(out_dir / f"{lang}.json"), "xfund")
-    for document in documents:  # the FUNSD label set; anything else would be a new label
-        unknown = {e.label for e in document.entities} - SYNTH_LABELS
-        if unknown:
-            raise ValueError(f"synthetic form {document.doc_id} has labels {sorted(unknown)} outside FUNSD's")
-    return documents
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=os.environ.get("SFTKIT_DATA_ROOT", str(PROJECT_ROOT.parent / "shared/datasets")))
     parser.add_argument("--output", default=str(PROJECT_ROOT / "xformparser/default_model"))
     parser.add_argument("--runs-dir", default="runs/default_parser")
-    parser.add_argument("--epochs", type=float, default=6.0)
+    parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--synth-per-language", type=int, default=6)
+    parser.add_argument("--synth-per-language", type=int, default=2)
     parser.add_argument("--synth-langs", default="en,de,fr,es,it")
     parser.add_argument("--rank", type=int, default=64, help="rank of the encoder-difference factors (upper bound)")
     parser.add_argument("--max-mb", type=float, default=14.5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--from-run", metavar="MODEL_DIR",
+                        help="skip training: export a run already trained with this recipe and data (e.g. a seed of "
+                             "benchmarks/xformparser_funsd.py), using its training_summary.json")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=JSON",
                         help="XFormParserConfig override, e.g. context_kind=\"bilstm\"")
     args = parser.parse_args(argv)
@@ -82,7 +70,7 @@ def main(argv=None) -> int:
     from xformparser.defaults import export_backbone_delta, load_parser
     from xformparser.evaluation import FormParser
     from xformparser.formats import load_documents
-    from xformparser.training import TrainingOptions, train_parser
+    from xformparser.training import TrainingOptions, synthetic_training_documents, train_parser
 
     started = time.time()
     funsd = Path(args.data_root) / "funsd"
@@ -91,8 +79,9 @@ def main(argv=None) -> int:
     train_documents, dev_documents = train_all[:-DEV_DOCUMENTS], train_all[-DEV_DOCUMENTS:]
     synth = []
     langs = [lang for lang in args.synth_langs.split(",") if lang]
-    if args.synth_per_language > 0 and langs:
-        synth = synthetic_documents(Path(args.runs_dir) / "synth", args.synth_per_language, langs, args.seed)
+    if args.synth_per_language > 0 and langs and not args.from_run:
+        synth = synthetic_training_documents(Path(args.runs_dir) / "synth", args.synth_per_language, langs, args.seed,
+                                             allowed_labels=SYNTH_LABELS)
         _log(f"{len(synth)} synthetic forms ({', '.join(langs)})")
     model_options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.model_option)}
     options = TrainingOptions(
@@ -101,7 +90,15 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, learning_rate=args.lr, head_learning_rate=args.head_lr, seed=args.seed,
         model_options=model_options, logging_steps=25,
     )
-    summary = train_parser(options, train_documents=train_documents + synth, eval_documents=dev_documents)
+    if args.from_run:
+        options.output_dir = args.from_run
+        summary = json.loads((Path(args.from_run) / "training_summary.json").read_text())
+        synth = [None] * (summary["train_documents"] - len(train_documents))  # only counted below
+        run_options = summary["options"]
+        args.epochs, args.lr, args.head_lr, args.seed = (run_options["epochs"], run_options["learning_rate"],
+                                                          run_options["head_learning_rate"], run_options["seed"])
+    else:
+        summary = train_parser(options, train_documents=train_documents + synth, eval_documents=dev_documents)
     _log(f"trained {summary['global_steps']} steps in {summary['wall_seconds']} s; best dev {summary['best_metric']}")
 
     trained = FormParser.from_pretrained(options.output_dir, batch_size=4)
