@@ -104,6 +104,16 @@ def test_shipped_default_model_is_small_and_loads_offline(funsd_folder, monkeypa
 
 
 @needs_default
+def test_evaluate_without_model_uses_the_shipped_default(funsd_folder, capsys, monkeypatch):
+    from xformparser.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["evaluate", "--data", str(funsd_folder)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["documents"] == 4 and report["ser"]["micro"]["f1"] > 0.5
+
+
+@needs_default
 @pytest.mark.slow
 def test_shipped_default_model_scores_above_a_floor_on_funsd_test():
     test_dir = DATA_ROOT / "funsd" / "testing_data"
