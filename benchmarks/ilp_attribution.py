@@ -8,7 +8,8 @@ The generated set (seeded; every sample carries its planted cause as ground trut
 
 - controls: facts the base model demonstrably knows (probed: its greedy answer contains the fact) with
   their true answers, and a dense sentiment task;
-- knowledge_gap: facts about invented entities (random names) the base cannot know;
+- knowledge_gap: facts about invented entities the base cannot know (capitals of invented countries, code
+  numbers of invented agents);
 - knowledge_conflict: counterfactual answers to other probed, known facts (capital of X -> another city);
 - data_inconsistency: duplicated prompts with contradictory targets;
 - left_forgetting: a first stage (arbitrary agent code numbers) trained alone, then a second stage with
@@ -51,16 +52,18 @@ from sft_core.sft_data import CausalLMCollator, SFTDataset, read_sft_jsonl  # no
 
 SYSTEM = "Answer briefly."
 PROFILES = {
-    # small: a shared, heavily loaded 2-core CPU (load ~10 while it ran). 40 short samples; the last 6 blocks
-    # train (embeddings frozen); 3 generation attempts per sample (greedy + 2 sampled).
-    "small": dict(controls_sentiment=8, gap=5, conflict=5, inconsistency_pairs=3, forgetting=5, rare=5,
-                  known_controls=6, stage1_epochs=10, stage2_epochs=4, batch_size=8, lr=5e-4,
-                  train_last_layers=6, record_every=7, num_samples=2, upsample=2, seeds=(0,)),
+    # small: a shared, heavily loaded 2-core CPU (load ~12 while it ran). 46 short samples; the last 6 blocks
+    # train (embeddings frozen); 3 generation attempts per sample (greedy + 2 sampled). Stage 1 is trained
+    # to criterion at a high rate, stage 2 (everything else) at a lower one, as in a typical sequential SFT.
+    "small": dict(controls_sentiment=8, controls_arithmetic=6, gap=6, conflict=5, inconsistency_pairs=3,
+                  forgetting=5, rare=5, known_controls=6, stage1_epochs=6, stage2_epochs=4, batch_size=8,
+                  stage1_lr=5e-4, lr=1.5e-4, train_last_layers=6, record_every=6, num_samples=2, upsample=2,
+                  seeds=(0,)),
     # smoke: a pipeline check in a few minutes (numbers meaningless).
-    "smoke": dict(controls_sentiment=2, gap=2, conflict=2, inconsistency_pairs=1, forgetting=2, rare=2,
+    "smoke": dict(controls_sentiment=2, controls_arithmetic=1, stage1_lr=4e-4, gap=2, conflict=2, inconsistency_pairs=1, forgetting=2, rare=2,
                   known_controls=2, stage1_epochs=1, stage2_epochs=1, batch_size=8, lr=4e-4,
                   train_last_layers=2, record_every=2, num_samples=1, upsample=2, seeds=(0,)),
-    "full": dict(controls_sentiment=120, gap=40, conflict=30, inconsistency_pairs=20, forgetting=40, rare=12,
+    "full": dict(controls_sentiment=120, controls_arithmetic=40, stage1_lr=3e-4, gap=40, conflict=30, inconsistency_pairs=20, forgetting=40, rare=12,
                  known_controls=30, stage1_epochs=8, stage2_epochs=6, batch_size=16, lr=1e-4,
                  train_last_layers=0, record_every=20, num_samples=8, upsample=3, seeds=(0, 1, 2)),
 }
@@ -132,20 +135,32 @@ def build_dataset(profile: dict, known: list, seed: int) -> tuple[list[dict], li
         stage2.append(message(question, wrong, "qa", "knowledge_conflict", true_answer=city))
     for question, answer, _ in (control_facts + other_known)[:profile["known_controls"]]:
         stage2.append(message(question, answer, "qa", "control"))
+    # Knowledge gaps: half capitals of invented countries (two-word invented cities), half code numbers of
+    # invented agents, the same kind of fact stage 1 taught about other agents (later data like earlier
+    # data is what makes sequential SFT forget).
     prerequisites = []
     seen_names = set()
     while len(seen_names) < profile["gap"]:
-        country = invented_name(rng, 3)
-        if country in seen_names:
+        name = invented_name(rng, 3 if len(seen_names) % 2 == 0 else 2)
+        if name in seen_names:
             continue
-        seen_names.add(country)
-        city = invented_name(rng, 2)
-        stage2.append(message(f"What is the capital of {country}?", city, "qa", "knowledge_gap"))
+        seen_names.add(name)
+        if len(seen_names) % 2 == 1:
+            city = f"{invented_name(rng, 2)} {invented_name(rng, 2)}"
+            stage2.append(message(f"What is the capital of {name}?", city, "qa", "knowledge_gap"))
+            fact = f"{name} is a country. The capital of {name} is {city}."
+        else:
+            code = str(rng.randint(10, 99))
+            stage2.append(message(f"What is the code number of agent {name}?", code, "codes", "knowledge_gap"))
+            fact = f"{name} is a secret agent. The code number of agent {name} is {code}."
         prerequisites.append({"task": "qa", "messages": [
-            {"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Tell me about {country}."},
-            {"role": "assistant", "content": f"{country} is a country. The capital of {country} is {city}."}]})
+            {"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Tell me about {name}."},
+            {"role": "assistant", "content": fact}]})
     reviews = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
     rng.shuffle(reviews)
+    for _ in range(profile["controls_arithmetic"]):
+        a, b = rng.randint(2, 40), rng.randint(2, 9)
+        stage2.append(message(f"What is {a} plus {b}?", str(a + b), "arithmetic", "control"))
     for text, label in reviews[:profile["controls_sentiment"]]:
         stage2.append(message(f"Is this review positive or negative? {text}", label, "sentiment", "control"))
     for text in AMBIGUOUS[:profile["inconsistency_pairs"]]:
@@ -159,7 +174,9 @@ def build_dataset(profile: dict, known: list, seed: int) -> tuple[list[dict], li
     stage1 = []
     agents = set()
     while len(agents) < profile["forgetting"]:
-        agents.add(invented_name(rng, 2))
+        agent = invented_name(rng, 2)
+        if agent not in seen_names:
+            agents.add(agent)
     for agent in sorted(agents):
         stage1.append(message(f"What is the code number of agent {agent}?", str(rng.randint(10, 99)), "codes",
                               "left_forgetting"))
@@ -203,7 +220,8 @@ def train_stages(stage_files: list[Path], run_dir: Path, profile: dict, seed: in
         batch = min(profile["batch_size"], len(records))
         args = MultiTaskTrainingArguments(
             output_dir=str(run_dir / f"stage{position}"), per_device_train_batch_size=batch,
-            num_train_epochs=stage_epochs, learning_rate=profile["lr"], lr_scheduler_type="constant",
+            num_train_epochs=stage_epochs, learning_rate=profile["stage1_lr"] if position == 0 else profile["lr"],
+            lr_scheduler_type="constant",
             warmup_steps=0, seed=seed + position, save_strategy="no", report_to=[], logging_steps=1000,
             disable_tqdm=False, task_schedule="mixed", weight_decay=0.0)
         if recorder is not None:
@@ -283,6 +301,9 @@ def main(argv=None) -> int:
                   "unlearned_before": report["summary"]["unlearned"],
                   "unlearned_by_planted": dict(Counter(planted[s["key"]] for s in report["samples"] if s["unlearned"])),
                   "attribution": score(report, planted), "train_steps": recorder.global_step,
+                  "recorder_measure_s": round(recorder.measure_seconds, 1),
+                  "diagnose_vs_epoch": _diagnosis_cost(timings[f"seed{seed}_train_s"] - recorder.measure_seconds,
+                                                       timings[f"seed{seed}_diagnose_s"], stage1, stage2, profile),
                   "forgetting_learned_after_stage1": _learned_after_stage(recorder, planted, items)}
         print(json.dumps(result["attribution"], indent=1), file=sys.stderr)
 
@@ -321,6 +342,14 @@ def main(argv=None) -> int:
     atomic_write_text(results / "ilp_attribution.md", _markdown(payload))
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _diagnosis_cost(train_s: float, diagnose_s: float, stage1, stage2, profile) -> float:
+    """Diagnosis time / the time of one training epoch over all samples (training time per sample pass,
+    recorder measurements excluded)."""
+    passes = profile["stage1_epochs"] * len(stage1) + profile["stage2_epochs"] * len(stage2)
+    epoch_s = train_s / passes * (len(stage1) + len(stage2))
+    return round(diagnose_s / epoch_s, 2)
 
 
 def _learned_after_stage(recorder, planted, items) -> dict:
@@ -364,6 +393,7 @@ def _markdown(payload: dict) -> str:
     for r in payload["seeds"]:
         lines += ["", f"## Seed {r['seed']}", "",
                   f"{r['samples']} samples, planted {r['planted']}; {r['train_steps']} optimizer steps. "
+                  f"Diagnosis took {r.get('diagnose_vs_epoch')}x the time of one training epoch. "
                   f"Unlearned by planted cause: {r['unlearned_by_planted']}. Left-forgetting samples reproduced at "
                   f"the end of stage 1: {r['forgetting_learned_after_stage1']}.", "",
                   "Confusion (planted -> attributed, unlearned samples): "

@@ -14,6 +14,8 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
 ``pmi``                    base mean log-prob/token of the target with the input minus with a blank input
 ``base_alt_pmi``           the same PMI for the tuned model's wrong answer the input raises most
 ``base_alt_margin``        ``base_alt_pmi - pmi``: how much more the input points to that answer than to the target
+``base_says_alternative``  1 if the base model's own answer names one of the tuned model's wrong answers
+``base_says_target``       1 if the base model's own answer names the target
 ``density_percentile``     percentile of input-embedding density (mean cosine to the k nearest samples)
 ``cluster_size``           size of the sample's input cluster
 ``target_length_percentile`` percentile of the target's token count
@@ -28,12 +30,14 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
 - left_forgetting: learned then lost, and no longer trained late (last seen before
   ``early_last_seen_fraction`` of the schedule, or later stages trained without it) -> 0.9 + 0.1 x
   (probability lost / 0.5); learned then lost while still being trained -> 0.3.
-- knowledge_conflict: the input points the base to a wrong answer more than to the target (``base_alt_margin``
-  >= ``conflict_margin_nats``), that answer is input-specific (``base_alt_pmi`` >= ``conflict_alternative_pmi``)
-  and the target is not itself built from the input (``pmi`` < ``skill_target_pmi``) -> 0.7 + 0.2 x
-  (margin excess); the margin alone -> 0.3.
-- knowledge_gap: the base does not know the target (``base_prob`` < ``base_knows_prob``), prefers no other
-  answer, and the input tells it nothing about the target (``pmi`` < ``gap_max_pmi_nats``) -> 0.6 + 0.15 x
+- knowledge_conflict: the base model's own free-form answer names a wrong answer the tuned model gave and not
+  the target (``base_says_alternative`` and not ``base_says_target``) -> 0.75 + 0.15 x (PMI margin excess);
+  otherwise at most 0.45. Without the base answer (NaN, e.g. classifiers) the PMI rule decides: the input
+  points the base to a wrong answer more than to the target (``base_alt_margin`` >= ``conflict_margin_nats``),
+  that answer is input-specific (``base_alt_pmi`` >= ``conflict_alternative_pmi``) and the target is not built
+  from the input (``pmi`` < ``skill_target_pmi``) -> 0.7 + 0.2 x (margin excess); the margin alone -> 0.3.
+- knowledge_gap: the base does not know the target (``base_prob`` < ``base_knows_prob``), the conflict
+  score is below 0.7, and the input tells it nothing about the target (``pmi`` < ``gap_max_pmi_nats``) -> 0.6 + 0.15 x
   (not rare) + 0.15 x (how far pmi is below the threshold, per nat).
 - under_optimization: needs one of rare (low density or small cluster), loss still falling, long target;
   then 0.3 x rare + 0.25 x still falling + 0.15 x long target + 0.3 x the input does inform the target
@@ -53,7 +57,7 @@ EVIDENCE = {
     "data_inconsistency": ("exact_conflicts", "neighbour_similarity", "neighbour_index"),
     "left_forgetting": ("learned_then_lost", "last_seen_fraction", "stages_after", "peak_prob_drop",
                         "forgetting_events"),
-    "knowledge_conflict": ("base_alt_margin", "base_alt_pmi", "pmi", "base_alt_prob", "base_prob"),
+    "knowledge_conflict": ("base_says_alternative", "base_says_target", "base_alt_margin", "base_alt_pmi", "pmi"),
     "knowledge_gap": ("base_prob", "base_alt_margin", "pmi", "base_matches"),
     "under_optimization": ("density_percentile", "cluster_size", "loss_drop", "target_length_percentile", "pmi"),
 }
@@ -114,7 +118,13 @@ def cause_scores(table: dict, config: AttributionConfig | None = None) -> dict[s
     plausible = (nan0(g("base_alt_pmi")) >= config.conflict_alternative_pmi) & \
                 (np.nan_to_num(pmi, nan=-np.inf) < config.skill_target_pmi)
     excess = _clip01((nan0(margin) - config.conflict_margin_nats) / max(config.conflict_margin_nats, 1e-6))
-    conflict = np.where(prefers_other & plausible, 0.7 + 0.2 * excess, np.where(prefers_other, 0.3, 0.0))
+    pmi_rule = np.where(prefers_other & plausible, 0.7 + 0.2 * excess, np.where(prefers_other, 0.3, 0.0))
+    # With the base model's own answer available, it decides: the tuned model's wrong answer is what the
+    # base says (and the base does not say the target). Without it (e.g. classifiers), the PMI rule alone.
+    says_alt, says_target = g("base_says_alternative"), g("base_says_target")
+    reverts = (nan0(says_alt) > 0) & ~(nan0(says_target) > 0)
+    conflict = np.where(np.isnan(says_alt), pmi_rule,
+                        np.where(reverts, 0.75 + 0.15 * excess, np.minimum(pmi_rule, 0.45)))
 
     # rarity (shared by gap and under-optimisation)
     rare = (np.nan_to_num(g("density_percentile"), nan=1.0) <= config.rare_density_percentile) | \
@@ -124,7 +134,7 @@ def cause_scores(table: dict, config: AttributionConfig | None = None) -> dict[s
     # knowledge gap
     base_prob = g("base_prob")
     base_unknown = np.nan_to_num(base_prob, nan=0.0) < config.base_knows_prob
-    no_alternative = ~(prefers_other & plausible)
+    no_alternative = conflict < 0.7
     below = np.where(np.isnan(pmi), 0.5, _clip01((config.gap_max_pmi_nats - nan0(pmi)) / 1.0))
     gap = np.where(base_unknown & no_alternative & ~informs, 0.6 + 0.15 * (~rare) + 0.15 * below, 0.0)
 

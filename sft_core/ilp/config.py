@@ -63,7 +63,7 @@ class AttributionConfig:
     still_falling_drop: float = 0.1  # loss fell >= 10% over the last checkpoints
     # confidence / secondary causes
     secondary_min_score: float = 0.5  # other causes scoring at least this are listed as secondary
-    min_primary_score: float = 0.25  # below this the sample is "unexplained"
+    min_primary_score: float = 0.35  # below this the sample is "unexplained" (partial evidence scores 0.3)
 
     @classmethod
     def from_json(cls, path) -> "AttributionConfig":

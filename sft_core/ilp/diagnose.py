@@ -60,6 +60,12 @@ def detect(model, tokenizer, items: list[Item], config: DetectionConfig, batch_s
     return {"greedy": greedy, "samples": samples, "attempts_passed": passed, "pass_rate": passed.mean(axis=1)}
 
 
+def _mentions(text: str, answer: str) -> bool:
+    """``answer`` occurs in ``text`` as whole normalised words (so "Rome" is in "The capital is Rome.")."""
+    needle = S.normalize_text(answer)
+    return bool(needle) and f" {needle} " in f" {S.normalize_text(text)} "
+
+
 def _dynamics_signals(dynamics: Dynamics, config: AttributionConfig) -> dict[str, np.ndarray]:
     table = {}
     if dynamics.losses.shape[0] == 0:
@@ -122,7 +128,7 @@ def _alternative_margins(base, tokenizer, items, candidates, target_pmi, batch_s
 def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynamics: Dynamics | None,
                          config: AttributionConfig, checker, embeddings: np.ndarray | None,
                          batch_size: int = 16, max_length: int = 512, progress: bool = True,
-                         max_alternatives: int = 3) -> tuple[dict, dict]:
+                         max_alternatives: int = 3, base_answer_tokens: int = 24) -> tuple[dict, dict]:
     """Every per-sample signal -> ``(table of [N] float arrays, extras with strings)``."""
     tuned_model, tokenizer = tuned
     base_model, base_tokenizer = base
@@ -161,6 +167,21 @@ def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynami
         candidates.append(list(options.values())[:max_alternatives])
     alternatives = _alternative_margins(base_model, base_tokenizer, items, candidates, table["pmi"], batch_size,
                                         max_length, progress)
+    # The base model's own free-form answer, for unlearned samples only (generation is the costly part):
+    # a tuned model that "reverts" to what the base says is the plainest sign of a knowledge conflict.
+    base_answers = [""] * len(items)
+    says_alternative = np.full(len(items), np.nan)
+    says_target = np.full(len(items), np.nan)
+    todo = [i for i in range(len(items)) if unlearned[i]]
+    if todo:
+        answers, _ = generate_answers(base_model, base_tokenizer, [prompts[i] for i in todo], num_samples=0,
+                                      max_new_tokens=base_answer_tokens, batch_size=batch_size, max_length=max_length,
+                                      progress="generate (base, unlearned)" if progress else None)
+        for i, answer in zip(todo, answers):
+            base_answers[i] = answer
+            says_target[i] = float(_mentions(answer, targets[i]))
+            says_alternative[i] = float(any(_mentions(answer, alt) for alt in candidates[i]))
+    table.update(base_says_alternative=says_alternative, base_says_target=says_target)
     table.update(base_alt_pmi=alternatives["alt_pmi"], base_alt_margin=alternatives["margin"],
                  base_alt_prob=alternatives["alt_prob"])
 
@@ -181,7 +202,7 @@ def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynami
     table.update(target_tokens=target_tokens, target_length_percentile=S.percentile_rank(target_tokens))
     if dynamics is not None:
         table.update(_dynamics_signals(dynamics, config))
-    extras = {"best_alternative": alternatives["alt_answer"]}
+    extras = {"best_alternative": alternatives["alt_answer"], "base_answer": base_answers}
     return table, extras
 
 
@@ -250,7 +271,7 @@ def diagnose(tuned, base, data, out_dir=None, run_dirs=(), detection: DetectionC
     for i, item in enumerate(items):
         record = {"index": i, "key": item.key, "task": item.task, "source": item.source, "input": item.input_text,
                   "target": item.target, "greedy": first_detection["greedy"][i],
-                  "sampled": first_detection["samples"][i],
+                  "sampled": first_detection["samples"][i], "base_answer": extras["base_answer"][i] or None,
                   "best_alternative": extras["best_alternative"][i] or None,
                   "pass_rate": _jsonable(first_detection["pass_rate"][i]), "unlearned": bool(unlearned[i]),
                   "cause": None, "secondary": [], "confidence": None, "scores": None, "evidence": {},

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,7 @@ class TrainingDynamicsRecorder(TrainerCallback):
         self._local_step = 0
         self._hook = None
         self.unmatched_batches = 0
+        self.measure_seconds = 0.0  # time spent measuring (to separate it from training time)
 
     # ---- stages ----
     def set_stage(self, name: str) -> None:
@@ -97,7 +99,9 @@ class TrainingDynamicsRecorder(TrainerCallback):
     # ---- measurement ----
     def measure(self, model) -> None:
         """Score every sample now and append one checkpoint (replaces a measurement at the same step)."""
+        started = time.perf_counter()
         scores = score_encoded(model, self.encoded, self.pad_id, batch_size=self.batch_size)
+        self.measure_seconds += time.perf_counter() - started
         if self.steps and self.steps[-1] == self.global_step:
             for name in ("losses", "probs", "correct", "steps", "checkpoint_stage"):
                 getattr(self, name).pop()

@@ -21,6 +21,8 @@ SYNTHETIC = {
     "base_prob":              [0.001, 0.0005, 0.2, 0.01, 0.02, 0.9, 0.9],
     "base_alt_margin":        [0.3, 3.0, 0.5, 0.2, 1.6, NAN, NAN],
     "base_alt_pmi":           [0.4, 4.2, 0.6, 0.2, 5.0, NAN, NAN],
+    "base_says_alternative":  [0, 1, 0, 0, 0, NAN, NAN],
+    "base_says_target":       [0, 0, 0, 0, 0, NAN, NAN],
     "pmi":                    [0.1, 1.2, 0.1, 0.0, 3.4, 3.0, 3.0],
     "density_percentile":     [0.7, 0.8, 0.5, 0.6, 0.1, 0.5, 0.5],
     "cluster_size":           [40, 40, 30, 10, 5, 30, 30],
@@ -70,7 +72,7 @@ def test_thresholds_come_from_the_config(tmp_path):
     config = AttributionConfig.from_json(config_path)
     assert config.conflict_margin_nats == 5.0 and config.neighbour_similarity == AttributionConfig().neighbour_similarity
     results = attribute(table(), np.ones(7, dtype=bool), config)
-    assert results[1].primary != "knowledge_conflict"  # margin 3.0 < 5.0 now
+    assert results[1].scores["knowledge_conflict"] == pytest.approx(0.75)  # margin 3.0 < 5.0: no excess now
     config_path.write_text(json.dumps({"conflict_margn": 1}))
     with pytest.raises(ValueError, match="conflict_margn"):
         AttributionConfig.from_json(config_path)
@@ -108,6 +110,18 @@ def test_classifier_plugs_in_through_correctness_arrays():
 def test_a_skill_whose_wrong_answer_copies_the_input_is_not_a_conflict():
     """Reverse-the-words: the wrong answer (input order) has a high PMI, but so does the target: a skill."""
     evidence = table()
+    del evidence["base_says_alternative"], evidence["base_says_target"]  # PMI rule only (no base answer)
     assert attribute(evidence, np.ones(7, dtype=bool))[4].scores["knowledge_conflict"] == pytest.approx(0.3)
     evidence["pmi"][4] = 0.8  # now the input says little about the target: the copy answer is a prior belief
     assert attribute(evidence, np.ones(7, dtype=bool))[4].scores["knowledge_conflict"] >= 0.7
+
+
+def test_conflict_needs_the_base_model_to_say_the_wrong_answer():
+    """A gap whose wrong answer is a real capital ("Prague" for an invented country) has a high PMI for the
+    alternative ("capital of" primes capitals), but the base model's own answer does not name it."""
+    evidence = table()
+    evidence["base_alt_margin"][0], evidence["base_alt_pmi"][0] = 7.9, 6.3
+    result = attribute(evidence, np.ones(7, dtype=bool))[0]
+    assert result.primary == "knowledge_gap" and result.scores["knowledge_conflict"] <= 0.45
+    evidence["base_says_target"][1] = 1  # the base names the target too: no clean reversion
+    assert attribute(evidence, np.ones(7, dtype=bool))[1].scores["knowledge_conflict"] <= 0.45
