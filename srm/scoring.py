@@ -62,15 +62,34 @@ class SRMScorer:
         Batches are formed from items of similar length (each batch is padded to its longest item, so mixing a
         short and a long answer wastes most of the short one's compute); the results are put back in order."""
         order = length_sorted_order([str(p) + str(r) for p, r in items])
+        prompt_vectors = self._prompt_embeddings([str(p) for p, _ in items])
         results: list[ScoreResult | None] = [None] * len(items)
         starts = range(0, len(items), self.batch_size)
         for start in tqdm(starts, desc="scoring", disable=not self.show_progress or len(starts) < 2):
             rows = order[start:start + self.batch_size]
-            for row, result in zip(rows, self._score_batch([items[i] for i in rows])):
+            for row, result in zip(rows, self._score_batch([items[i] for i in rows], prompt_vectors)):
                 results[row] = result
         return results
 
-    def _score_batch(self, batch: list[tuple[str, str]]) -> list[ScoreResult]:
+    def _prompt_embeddings(self, prompts: list[str]) -> dict[str, torch.Tensor] | None:
+        """The gate's prompt-alone encoder pass, once per distinct prompt of the call (length-sorted batches),
+        however the responses are batched: a prompt scored with many responses (a pair, GRPO's generations) is
+        encoded once. None where the batch computes it itself (scalar model, cached frozen encoder)."""
+        config = self.model.config
+        if config.scalar_baseline or (self.feature_cache is not None and config.freeze_backbone):
+            return None
+        unique = list(dict.fromkeys(prompts))
+        order = length_sorted_order(unique)
+        vectors = {}
+        for start in range(0, len(unique), self.batch_size):
+            batch = [unique[i] for i in order[start:start + self.batch_size]]
+            encoded = {k: v.to(self.device) for k, v in tokenize_prompts(self.tokenizer, config, batch).items()}
+            pooled = self.model.encode(encoded["prompt_input_ids"], encoded["prompt_attention_mask"])
+            vectors.update(zip(batch, pooled))
+        return vectors
+
+    def _score_batch(self, batch: list[tuple[str, str]],
+                     prompt_vectors: dict[str, torch.Tensor] | None = None) -> list[ScoreResult]:
         config = self.model.config
         prompts = [str(p) for p, _ in batch]
         responses = [str(r) for _, r in batch]
@@ -84,7 +103,9 @@ class SRMScorer:
             inputs = tokenize_joint(self.tokenizer, config, prompts, responses)
         if not config.scalar_baseline:
             row = {p: i for i, p in enumerate(unique_prompts)}
-            if use_cached_encoder:
+            if prompt_vectors is not None:
+                inputs["prompt_embeddings"] = torch.stack([prompt_vectors[p] for p in unique_prompts])
+            elif use_cached_encoder:
                 inputs["prompt_embeddings"] = self.feature_cache.get_or_compute(
                     EncoderEmbeddingBranch(self.model, self.tokenizer, "prompt", show_progress=False), unique_prompts,
                     [""] * len(unique_prompts))

@@ -193,3 +193,7 @@ def test_scorer_batches_by_length_and_returns_results_in_input_order(model_dir):
     scorer.batch_size = 3  # batches now group similar lengths: other batches, same results, same order
     assert [r.reward for r in scorer.score(items)] == pytest.approx(one_by_one, abs=1e-5)
     assert len(set(round(r, 6) for r in one_by_one)) > 1
+    # The gate's prompt pass runs once per distinct prompt of the call; the model's own forward (prompt tokens in
+    # the batch) gives the same rewards.
+    own_forward = [r.reward for r in scorer._score_batch(items)]
+    assert [r.reward for r in scorer.score(items)] == pytest.approx(own_forward, abs=1e-5)
