@@ -92,6 +92,14 @@ def test_frozen_layers_option_reaches_the_saved_config(tiny_encoder_dir, tmp_pat
     assert main(_train_args(train, dev, output, "--backbone", tiny_encoder_dir, "--epochs", "1",
                             "--frozen-layers", "1")) == 0
     assert json.loads((output / "config.json").read_text())["frozen_layers"] == 1
+    # the saved model names its backbone instead of copying the frozen layers, and loads back from it
+    from safetensors import safe_open
+
+    with safe_open(str(output / "model.safetensors"), framework="pt") as handle:
+        assert not any(".encoder.layer.0." in key or "word_embeddings" in key for key in handle.keys())
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(output), "--data", str(dev)]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 1
 
 
 def test_train_writes_only_json_to_stdout_and_warns_once_per_missing_image(tiny_encoder_dir, tmp_path, capsys):
