@@ -11,7 +11,8 @@ What it measures (all pairwise accuracy, %):
 * **off-prompt negatives**: for each test prompt, the rejected answer is a good (chosen) answer to its nearest
   neighbour prompt by minilm-l6 embedding (neighbours come from the same part of the split; a neighbour whose
   cosine with the prompt is above ``--neighbour-max-cosine`` is skipped as a near-paraphrase); the model must
-  prefer the on-prompt answer. RM-Bench prompts give three pairs (same style on both sides), IFBench one.
+  prefer the on-prompt answer. RM-Bench prompts use their concise chosen answers on both sides, IFBench its
+  chosen answers; one pair per prompt.
 
 Recipes: ``scalar`` (one head on the pooled encoder), ``srm`` (current defaults: monotone feature scorers, gate
 prior + dimension dropout, relevance cross-encoder trained on off-prompt negatives built from the *train*
@@ -47,7 +48,7 @@ from srm.branches import FeatureCache, StyleBranch  # noqa: E402
 from srm.collate import EncoderEmbeddingBranch, truncated_responses  # noqa: E402
 from srm.data import ResponseGroup, load_groups, select_split  # noqa: E402
 from srm.evaluation import evaluate_groups  # noqa: E402
-from srm.negatives import offprompt_groups  # noqa: E402
+from srm.negatives import assign_stable_ranks, offprompt_groups, with_ranks_of  # noqa: E402
 from srm.scoring import SRMScorer  # noqa: E402
 from srm.trainer import train_srm  # noqa: E402
 
@@ -73,14 +74,16 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-prompt-length", type=int, default=128)
-    parser.add_argument("--epochs", type=float, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the current recipes (means reported)")
     parser.add_argument("--legacy-seeds", default="0", help="seeds of the pre-fix recipes (diagnosis only)")
     parser.add_argument("--recipes", default="scalar,srm,scalar-legacy,srm-legacy")
     parser.add_argument("--no-lodo", action="store_true", help="skip the leave-one-domain-out folds")
     parser.add_argument("--neighbour-max-cosine", type=float, default=0.9)
+    parser.add_argument("--judge-pairs", type=int, default=0,
+                        help="also probe the smollm2-135m P(Yes) judge branch on this many pairs per set (slow on CPU)")
     parser.add_argument("--stage", choices=("all", "features"), default="all",
                         help="features: only fill the cache (resumable, saved every chunk)")
     parser.add_argument("--cache", default=os.path.join(ROOT, "runs", "srm_quality", "features.safetensors"))
@@ -207,6 +210,38 @@ def zero_shot(model, tokenizer, cache, groups) -> dict[str, float]:
     return {k: (statistics.fmean(v) if v else None) for k, v in tallies.items()}
 
 
+def judge_probe(test, off_test, pairs_per_set: int, cache) -> dict:
+    """Cost and zero-shot accuracy of the smollm2-135m P("Yes") judge branch on the first ``pairs_per_set``
+    pairs of three sets (off-prompt negatives, RM-Bench same-style pairs, IFBench pairs)."""
+    from srm.branches import FEATURE_BRANCH_BUILDERS
+
+    from srm.configuration_srm import DEFAULT_FEATURE_BRANCHES
+
+    branch = FEATURE_BRANCH_BUILDERS["judge"](dict(DEFAULT_FEATURE_BRANCHES["judge"]), "cpu")
+    sets = {"offprompt": [(g.prompt, g.responses[p.better], g.responses[p.worse]) for g in off_test for p in g.pairs],
+            "rm-bench (same style)": [(g.prompt, g.responses[i % 3], g.responses[3 + i % 3])
+                                      for i, g in enumerate(x for x in test if x.rmbench)],
+            "ifbench": [(g.prompt, g.responses[g.pairs[0].better], g.responses[g.pairs[0].worse])
+                        for g in test if not g.rmbench]}
+    out, seconds, computed = {}, 0.0, 0
+    for name, rows in sets.items():
+        rows = rows[:pairs_per_set]
+        prompts = [p for p, _, _ in rows for _ in (0, 1)]
+        responses = [r for _, a, b in rows for r in (a, b)]
+        todo = sum(cache.key(branch, p, r) not in cache.vectors for p, r in zip(prompts, responses))
+        started = time.time()
+        values = cache.get_or_compute(branch, prompts, responses)[:, 0]
+        seconds += time.time() - started
+        computed += todo
+        cache.save()
+        wins = [1.0 if values[2 * i] > values[2 * i + 1] else (0.5 if values[2 * i] == values[2 * i + 1] else 0.0)
+                for i in range(len(rows))]
+        out[name] = {"accuracy": statistics.fmean(wins) if wins else None, "pairs": len(rows)}
+    out["seconds_per_response"] = round(seconds / computed, 2) if computed else None
+    out["responses_computed"] = computed
+    return out
+
+
 def binomial_below_chance(accuracy: float, pairs: int) -> bool:
     """True when accuracy is significantly below 50% (one-sided normal approximation, p < 0.05). Pairs of
     one prompt are correlated, so this is lenient; it is a flag, not a test of the method."""
@@ -221,13 +256,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     started = time.time()
     train, test, dropped = load_data(args.data_root, args.limit)
-    if args.train_fraction < 1.0:
-        kept = []
-        for domain in RMBENCH_DOMAINS + ("ifbench",):
-            rows = [g for g in train if domain_of(g) == domain]
-            step = len(rows) / max(1, round(len(rows) * args.train_fraction))
-            kept += [rows[int(i * step)] for i in range(round(len(rows) * args.train_fraction))]
-        train = kept
+    train = assign_stable_ranks(train)
     print(f"train groups {len(train)}, test groups {len(test)} (dropped {dropped} overlapping)", file=sys.stderr)
     from transformers import AutoTokenizer
 
@@ -241,10 +270,16 @@ def main(argv=None) -> int:
     unique = list(dict.fromkeys(g.prompt for g in train + test))
     vectors = cache.get_or_compute(prompt_branch, unique, [""] * len(unique))
     prompt_vectors = dict(zip(unique, vectors))
-    off_train = offprompt_groups(train, prompt_vectors, args.neighbour_max_cosine, all_styles=False)
-    off_test = offprompt_groups(test, prompt_vectors, args.neighbour_max_cosine, all_styles=True)
-    # Test sets first: an interrupted fill (saved every chunk) then already serves the evaluations.
-    features_seconds = fill_cache(warm, tokenizer, test + off_test + train + off_train, cache)
+    # Neighbours come from the whole train part; --train-fraction then keeps the lowest-ranked prompts (and their
+    # off-prompt pairs) of every domain.
+    off_train = with_ranks_of(offprompt_groups(train, prompt_vectors, args.neighbour_max_cosine), train)
+    off_test = offprompt_groups(test, prompt_vectors, args.neighbour_max_cosine)
+    train = [g for g in train if g.rank < args.train_fraction]
+    off_train = [g for g in off_train if g.rank < args.train_fraction]
+    # Test sets first, then train prompts in rank order: an interrupted fill (saved every chunk) serves the
+    # evaluations and any smaller --train-fraction.
+    by_rank = sorted(train + off_train, key=lambda g: g.rank)
+    features_seconds = fill_cache(warm, tokenizer, test + off_test + by_rank, cache)
     if args.stage == "features":
         print(f"cache filled in {features_seconds:.0f} s", file=sys.stderr)
         return 0
@@ -257,6 +292,9 @@ def main(argv=None) -> int:
         held = [g for g in train + test if domain_of(g) == domain]
         judges[f"lodo-{domain}"] = zero_shot(warm, tokenizer, cache, held)
     del warm
+    judge = judge_probe(test, off_test, args.judge_pairs, cache) if args.judge_pairs else None
+    if judge:
+        print(f"judge probe: {judge}", file=sys.stderr, flush=True)
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     legacy_seeds = [int(s) for s in args.legacy_seeds.split(",") if s.strip()]
@@ -292,6 +330,7 @@ def main(argv=None) -> int:
 
     report = build_report(args, argv, runs, judges, recipes, seeds, legacy_seeds, train, test, off_train, off_test,
                           dropped, features_seconds, started, sum(truncated), test_responses)
+    report["judge_branch_probe"] = judge
     os.makedirs(args.output_dir, exist_ok=True)
     atomic_write_text(os.path.join(args.output_dir, "srm_quality.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(os.path.join(args.output_dir, "srm_quality.md"), markdown(report))
@@ -452,6 +491,13 @@ def markdown(report: dict) -> str:
         fmt = lambda g: ", ".join(f"{k} {v:.2f}" for k, v in g.items())  # noqa: E731
         lines.append(f"| {recipe} | {fmt(first['gates_test'])} | {fmt(first['gates_offprompt'])} | "
                      f"{_f(first.get('relevance_dimension_offprompt'))} |")
+    judge = report.get("judge_branch_probe")
+    if judge:
+        lines += ["", f"Judge side branch (smollm2-135m, P(\"Yes\") to a fixed verification question, one forward "
+                  f"pass, no training): {judge['seconds_per_response']} s per response on this CPU "
+                  f"({judge['responses_computed']} responses computed); zero-shot accuracy: "
+                  + ", ".join(f"{k} {_f(v['accuracy'])} ({v['pairs']} pairs)" for k, v in judge.items()
+                              if isinstance(v, dict)) + "."]
     flags = report["below_chance_flags"]
     lines += ["", f"Sets significantly below chance (one-sided p < 0.05, normal approximation): "
               + ("none" if not flags else "; ".join(flags)), "",

@@ -31,7 +31,7 @@ from srm import SRMModel  # noqa: E402
 from srm.branches import FeatureCache  # noqa: E402
 from srm.data import load_groups, select_split  # noqa: E402
 from srm.evaluation import evaluate_groups  # noqa: E402
-from srm.negatives import embed_prompts, offprompt_groups  # noqa: E402
+from srm.negatives import assign_stable_ranks, embed_prompts, offprompt_groups, with_ranks_of  # noqa: E402
 from srm.scoring import SRMScorer  # noqa: E402
 from srm.trainer import save_srm, train_srm  # noqa: E402
 
@@ -47,13 +47,22 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=os.path.join(ROOT, "srm", "default_model"))
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--epochs", type=float, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-fraction", type=float, default=1.0,
+                        help="keep this share of the train prompts of each domain (stable hash order; CPU budget)")
     parser.add_argument("--cache", default=os.path.join(ROOT, "runs", "srm_quality", "features.safetensors"),
                         help="feature cache shared with benchmarks/srm_quality.py (warm after it ran)")
     return parser.parse_args(argv)
+
+
+def _ifbench(metrics: dict) -> float:
+    """Pair-weighted accuracy over the IFBench levels."""
+    levels = {k: v for k, v in metrics["by_domain"].items() if k.startswith("level-")}
+    pairs = sum(v["pairs"] for v in levels.values())
+    return sum(v["accuracy"] * v["pairs"] for v in levels.values()) / pairs if pairs else 0.0
 
 
 def main(argv=None) -> int:
@@ -70,6 +79,7 @@ def main(argv=None) -> int:
     train, test = select_split(groups, split, "train"), select_split(groups, split, "test")
     test_prompts = {g.prompt for g in test}
     train = [g for g in train if g.prompt not in test_prompts]
+    train = assign_stable_ranks(train)
 
     from transformers import AutoTokenizer
 
@@ -82,8 +92,10 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.cache), exist_ok=True)
     cache = FeatureCache(args.cache)
     vectors = embed_prompts(model, tokenizer, [g.prompt for g in train + test], cache)
-    off_train = offprompt_groups(train, vectors, all_styles=False)
-    off_test = offprompt_groups(test, vectors, all_styles=True)
+    off_train = with_ranks_of(offprompt_groups(train, vectors), train)  # neighbours from the whole train part
+    off_test = offprompt_groups(test, vectors)
+    train = [g for g in train if g.rank < args.train_fraction]
+    off_train = [g for g in off_train if g.rank < args.train_fraction]
     print(f"train: {len(train)} response groups + {len(off_train)} off-prompt groups", file=sys.stderr)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = train_srm(model, tokenizer, train + off_train, scratch, tuner="full", task_grouping="single",
@@ -103,15 +115,15 @@ def main(argv=None) -> int:
     summary = {
         "backbone": args.backbone, "dimensions": model.config.dimension_names,
         "data": {"files": DATA_FILES, "split": "splits/preference-split.json (train part)",
-                 "train_groups": len(train), "offprompt_train_groups": len(off_train)},
+                 "train_fraction": args.train_fraction, "train_groups": len(train),
+                 "offprompt_train_groups": len(off_train)},
         "budget": {"epochs": args.epochs, "batch_size": args.batch_size, "head_lr": args.head_lr, "seed": args.seed,
                    "max_sequence_length": args.max_length, "optimizer_steps": trainer.state.global_step,
                    "frozen_backbone": True},
         "test_scores_percent": {
             "rm_bench_avg": round(100 * rm.get("average", 0.0), 1),
             "rm_bench_easy_normal_hard": [round(100 * rm.get(k, 0.0), 1) for k in ("easy", "normal", "hard")],
-            "ifbench": round(100 * split_metrics["by_source"].get("ifbench/data.converted.json", {}).get(
-                "accuracy", float("nan")), 1),
+            "ifbench": round(100 * _ifbench(split_metrics), 1),
             "all_test_pairs": round(100 * split_metrics["accuracy"], 1),
             "offprompt_negatives": round(100 * off_metrics["accuracy"], 1)},
         "folder_bytes": size,

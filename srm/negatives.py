@@ -8,6 +8,8 @@ Near-paraphrases (cosine above ``max_cosine``) are skipped: their good answer ma
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from .data import PairLabel, ResponseGroup
@@ -30,11 +32,12 @@ def group_domain(group: ResponseGroup) -> str:
 
 
 def offprompt_groups(groups: list[ResponseGroup], prompt_vectors: dict[str, torch.Tensor], max_cosine: float = 0.9,
-                     all_styles: bool = True, relevance_dimension: str = "relevance") -> list[ResponseGroup]:
+                     styles: tuple[int, ...] | None = (0,), relevance_dimension: str = "relevance") -> list[ResponseGroup]:
     """One group per distinct prompt: its own good answer(s) vs the good answer(s) of its nearest neighbour among
     ``groups`` (prompt embeddings in ``prompt_vectors``). Each pair carries the overall preference and a
-    ``relevance_dimension`` label. With ``all_styles`` an RM-Bench prompt gives three pairs (style k vs style k,
-    so length and markdown do not decide); otherwise one, with style ``index % 3``."""
+    ``relevance_dimension`` label. An RM-Bench prompt gives one pair per style index in ``styles`` (style k vs
+    style k, so length and markdown do not decide; default: the concise answers, the cheapest to encode);
+    ``styles=None`` picks one style per prompt in rotation (``index % 3``)."""
     first: dict[str, ResponseGroup] = {}
     for group in groups:
         if good_responses(group):
@@ -54,9 +57,9 @@ def offprompt_groups(groups: list[ResponseGroup], prompt_vectors: dict[str, torc
         own, neighbour = first[prompt], first[unique[best]]
         mine, theirs = good_responses(own), good_responses(neighbour)
         count = min(len(mine), len(theirs))
-        styles = range(count) if all_styles else [index % count]
+        chosen_styles = [index % count] if styles is None else [k for k in styles if k < count] or [0]
         responses, pairs = [], []
-        for k in styles:
+        for k in chosen_styles:
             responses += [mine[k], theirs[k]]
             pairs.append(PairLabel(len(responses) - 2, len(responses) - 1, True, {relevance_dimension: 1}))
         domain = group_domain(own)
@@ -78,3 +81,25 @@ def embed_prompts(model, tokenizer, prompts: list[str], cache=None) -> dict[str,
     vectors = cache.get_or_compute(EncoderEmbeddingBranch(model, tokenizer, "prompt", show_progress=False), unique,
                                    [""] * len(unique))
     return dict(zip(unique, vectors))
+
+
+def assign_stable_ranks(groups: list[ResponseGroup]) -> list[ResponseGroup]:
+    """Give every group a rank in [0, 1) within its domain (order of a hash of the prompt: stable across runs and
+    machines) and return them sorted by it, domains interleaved. Keeping ``rank < f`` is then the same share of
+    every domain, and a smaller share is a subset of a larger one (a partly filled feature cache serves it)."""
+    by_domain: dict[str, list[ResponseGroup]] = {}
+    for group in groups:
+        by_domain.setdefault(group_domain(group), []).append(group)
+    for rows in by_domain.values():
+        rows.sort(key=lambda g: hashlib.sha1(g.prompt.encode("utf-8")).hexdigest())
+        for i, group in enumerate(rows):
+            group.rank = i / len(rows)
+    return sorted(groups, key=lambda g: g.rank)
+
+
+def with_ranks_of(offprompt: list[ResponseGroup], sources: list[ResponseGroup]) -> list[ResponseGroup]:
+    """Off-prompt groups inherit the rank of the group whose prompt they test."""
+    rank = {g.prompt: getattr(g, "rank", 0.0) for g in sources}
+    for group in offprompt:
+        group.rank = rank.get(group.prompt, 0.0)
+    return offprompt
