@@ -5,7 +5,8 @@ Rows (all through xformparser.pipeline.FormParser, the object `xformparser parse
 - gold OCR: the FUNSD annotation boxes and text as bring-your-own OCR (one line per gold entity; labels
   and links are not given to the parser), same model: separates OCR loss from model loss;
 - rule linker: rapidocr, the model's predicted labels, links from the geometric rule;
-- candidate variants on the same OCR (split by the colon rule / no split, no multi-line merge).
+- candidate variants on the same OCR (lines split by the model's BIO head / both / not at all; with the
+  multi-line merge). The end-to-end row uses the defaults (colon split, no merge).
 
 Pair F1 against the gold question -> answer links, with OCR entities matched to gold entities by box
 share and normalised text (rule and thresholds: xformparser/parse_eval.py and docs/xformparser.md).
@@ -239,10 +240,10 @@ def main(argv=None) -> int:
     variants = [
         ("gold_ocr", lambda: FormParser(model_dir=args.model, ocr=str(test_dir / "annotations")), "FUNSD annotation boxes"),
         ("rule_linker", cached_parser(linker="rule"), "rapidocr (cached)"),
-        ("split_colon", cached_parser(split="colon"), "rapidocr (cached)"),
+        ("split_model_bio", cached_parser(split="model"), "rapidocr (cached)"),
         ("split_both", cached_parser(split="both"), "rapidocr (cached)"),
         ("no_split", cached_parser(split="none"), "rapidocr (cached)"),
-        ("no_merge", cached_parser(merge_lines=False), "rapidocr (cached)"),
+        ("merge_lines", cached_parser(merge_lines=True), "rapidocr (cached)"),
         ("gold_ocr_rule_linker", lambda: FormParser(model_dir=args.model, ocr=str(test_dir / "annotations"),
                                                      linker="rule"), "FUNSD annotation boxes"),
     ]

@@ -34,9 +34,11 @@ def register(subparsers) -> None:
     parser.add_argument("--visualize", metavar="DIR", help="write one overlay PNG per page here")
     parser.add_argument("--linker", default="model", choices=("model", "rule"),
                         help="key -> value links from the model's biaffine scorer or the geometric rule")
-    parser.add_argument("--split", default="model", choices=("model", "colon", "both", "none"),
-                        help="how merged 'Key: value' OCR lines are split: the model's BIO tags, the colon rule, "
+    parser.add_argument("--split", default="colon", choices=("colon", "model", "both", "none"),
+                        help="how merged 'Key: value' OCR lines are split: the colon rule, the model's BIO tags, "
                              "both (union), or not at all")
+    parser.add_argument("--merge-lines", action="store_true",
+                        help="merge stacked lines with the same label into one entity (multi-line values)")
     parser.add_argument("--batch-size", type=int, default=4, help="pages per model forward pass")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime")
     parser.add_argument("--det-side", type=int, default=736, help="rapidocr detection: page resized so its "
@@ -78,7 +80,7 @@ def run(args) -> int:
         visualize.mkdir(parents=True, exist_ok=True)
 
     parser = FormParser(model_dir=args.model, ocr=args.ocr, linker=args.linker, batch_size=args.batch_size,
-                        split=args.split, ocr_options=RapidOcrOptions(threads=max(1, args.threads),
+                        split=args.split, merge_lines=args.merge_lines, ocr_options=RapidOcrOptions(threads=max(1, args.threads),
                                                                       det_limit_side_len=args.det_side))
     started = time.perf_counter()
     failures: list[dict] = []

@@ -12,16 +12,17 @@ Steps per page (documented in docs/xformparser.md, "Pipeline"):
    words and boxes directly (``ocr.engine == "pdf-text-layer"``); otherwise the rendering is OCR'd.
 2. OCR lines, in reading order (top to bottom by vertical centre; lines whose centres lie within half
    the median line height are one row, read left to right).
-3. Candidates: each line is one candidate. A line is split in two where the model's token BIO head
-   tags a question word followed by an answer word (or an answer word followed by a question word)
-   - the merged "Key: value" lines OCR produces. Models without usable BIO tags, or ``split="colon"``,
-   use the colon rule instead: split after the first word ending in ':' (or at a ':' inside a word)
-   when the key side is 1-6 words starting with a letter and the colon is not between digits (times).
+3. Candidates: each line is one candidate. Merged "Key: value" lines (OCR often returns a key and its
+   value as one line) are split by the colon rule (``split="colon"``, the default): after the first word
+   ending in ':' (or at a ':' inside a word) when the key side is 1-6 words starting with a letter and
+   the colon is not between digits (times). ``split="model"`` splits instead where the model's token
+   BIO head tags a question word followed by an answer word (or the reverse); ``"both"`` takes the union.
 4. SER on the candidates (the backbone runs once per page; split and merged candidates are re-pooled
    from the same token states).
-5. Multi-line merge: a candidate is merged into the one right above it when both got the same label
-   (answer, header or other), the vertical gap is under half a line height, their left edges are within
-   one line height, their heights differ by under 40 %, and the upper one does not end in ':'.
+5. Multi-line merge (``merge_lines=True``; off by default, see docs): a candidate is merged into the one
+   right above it when both got the same label (answer, header or other), the vertical gap is under half
+   a line height, their left edges are within one line height, their heights differ by under 40 %, the
+   upper one does not end in ':', and no key (question) sits on the lower one's row to its left.
 6. RE: the model's biaffine linker (``linker="model"``) or the geometric rule (``linker="rule"``).
 """
 
@@ -417,10 +418,12 @@ def _load_model(model_dir):
 class FormParser:
     """The parse pipeline (module docstring). ``model_dir=None`` uses the shipped default model;
     ``ocr``: ``rapidocr`` | ``tesseract`` | an OCR JSON file or folder; ``linker``: ``model`` | ``rule``;
-    ``split``: ``model`` (token BIO head, else colon rule) | ``colon`` | ``both`` (union of the two) | ``none``."""
+    ``split``: ``colon`` (default) | ``model`` (token BIO head, else colon rule) | ``both`` (union of the two)
+    | ``none``; ``merge_lines``: the multi-line merge. Defaults = the best measured on FUNSD test
+    (docs/results/xformparser_parse.md)."""
 
     def __init__(self, model_dir=None, ocr: str = "rapidocr", linker: str = "model", batch_size: int = 4,
-                 split: str = "model", merge_lines: bool = True, ocr_options: RapidOcrOptions | None = None,
+                 split: str = "colon", merge_lines: bool = False, ocr_options: RapidOcrOptions | None = None,
                  model=None, tokenizer=None):
         if linker not in LINKERS:
             raise ValueError(f"linker must be one of {LINKERS}, got {linker!r}")
@@ -659,9 +662,20 @@ def merge_stacked_candidates(candidates: list[Candidate], lines: list[OcrLine]) 
     group_box = [list(c.box) for c in candidates]
     last_member = list(range(len(candidates)))
     order = sorted(range(len(candidates)), key=lambda i: (candidates[i].box[1], candidates[i].box[0]))
+    keys = [c for c in candidates if c.label.lower() not in mergeable]
+
+    def has_key_on_its_left(candidate: Candidate) -> bool:
+        """A value in a column of values sits beside its own key: it is a separate entity."""
+        for key in keys:
+            overlap = min(key.box[3], candidate.box[3]) - max(key.box[1], candidate.box[1])
+            height = min(key.box[3] - key.box[1], candidate.box[3] - candidate.box[1])
+            if key.box[2] <= candidate.box[0] + 5 and overlap >= 0.5 * max(height, 1.0):
+                return True
+        return False
+
     for lower in order:
         below = candidates[lower]
-        if below.label.lower() not in mergeable:
+        if below.label.lower() not in mergeable or has_key_on_its_left(below):
             continue
         best, best_gap = None, None
         for upper in order:

@@ -88,3 +88,14 @@ def test_expand_inputs_reads_paths_from_stdin_and_walks_folders(tmp_path):
     expanded = expand_inputs(["-", str(tmp_path / "forms"), str(tmp_path / "empty"), "x.bmp"], stdin=stdin)
     assert expanded == ["one.png", "two.jpg", str(tmp_path / "forms" / "a.pdf"), str(tmp_path / "forms" / "b.png"),
                         str(tmp_path / "forms" / "sub" / "c.tiff"), str(tmp_path / "empty"), "x.bmp"]
+
+
+def test_merge_keeps_a_column_of_values_beside_their_keys_apart():
+    boxes = [("Name:", [10, 10, 70, 30], "question"), ("Ada", [120, 10, 170, 30], "answer"),
+             ("Phone:", [10, 33, 70, 53], "question"), ("555 0100", [120, 33, 200, 53], "answer")]
+    lines = [OcrLine(t, b, [OcrWord(t, b)]) for t, b, _ in boxes]
+    candidates = [_candidate(i, b, label, t) for i, (t, b, label) in enumerate(boxes)]
+    assert [c.text for c in merge_stacked_candidates(candidates, lines)] == ["Name:", "Ada", "Phone:", "555 0100"]
+    # the same two values without keys beside them are one two-line value
+    merged = merge_stacked_candidates([candidates[1], candidates[3]], lines)
+    assert [c.text for c in merged] == ["Ada 555 0100"]
