@@ -197,3 +197,20 @@ def test_scorer_batches_by_length_and_returns_results_in_input_order(model_dir):
     # the batch) gives the same rewards.
     own_forward = [r.reward for r in scorer._score_batch(items)]
     assert [r.reward for r in scorer.score(items)] == pytest.approx(own_forward, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_score_and_reward_function_use_the_shipped_default_model(tmp_path, capsys, monkeypatch):
+    from srm.defaults import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+        pytest.skip(f"no shipped default SRM in {DEFAULT_MODEL_DIR}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompt = "What is the capital of France?"
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": prompt, "response": "The capital of France is Paris."}])
+    assert main(["score", "--input", str(source)]) == 0
+    cli_reward = json.loads(capsys.readouterr().out)["reward"]
+    reward = srm.reward_function(device="cpu")
+    rewards = reward(prompts=[[{"role": "user", "content": prompt}]],
+                     completions=[[{"role": "assistant", "content": "The capital of France is Paris."}]])
+    assert rewards == pytest.approx([cli_reward], abs=1e-5)
