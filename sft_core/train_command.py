@@ -236,21 +236,13 @@ def train_command(args: argparse.Namespace) -> int:
             }
             atomic_write_text(output / RUN_SUMMARY_NAME, json.dumps(summary, indent=2))
     finally:
-        _end_distributed()
+        from sft_core.trainer import release_distributed
+
+        release_distributed(trainer)  # under torchrun: join gloo's threads before the interpreter exits
     if summary is not None:
         print(f"saved model and EPI state to {output}", file=sys.stderr)
         print(json.dumps(summary, indent=2))
     return 0
-
-
-def _end_distributed() -> None:
-    """Under torchrun: wait for every rank, then tear the process group down before the interpreter exits
-    (left to interpreter shutdown, gloo's threads can outlive it and abort the process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ checkpoints only and is applied after the marker is written.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,15 +76,38 @@ def resolve_epi_config(tuner: str | None, epi_config: EPIConfig | None) -> EPICo
 
 
 _EXIT_HOOK_REGISTERED = False
+_LIVE_TRAINERS: "weakref.WeakSet[MultiTaskTrainer]" = weakref.WeakSet()
 
 
-def _destroy_process_group_at_exit() -> None:
-    """Under torch.distributed, make sure the default process group is destroyed before the interpreter
-    finalizes. Left alive, gloo's C++ worker threads can still hold work objects whose tensors reference
-    Python objects; freeing them during finalization needs the GIL and aborts the process ("terminate
-    called without an active exception", SIGABRT) on some exits and not others. An explicit
-    ``torch.distributed.destroy_process_group()`` at the end of a script does the same earlier; this hook
-    is then a no-op."""
+def release_distributed(*trainers: "MultiTaskTrainer") -> None:
+    """Tear torch.distributed down while the interpreter is fully alive (call it at the end of a script run
+    under torchrun; MultiTaskTrainer also registers it at exit).
+
+    Why: gloo's process group runs C++ threads (``pt_gloo_runloop``, ``gloo_tcp_loop``) that stop only when
+    the process-group object is freed, and the DistributedDataParallel wrapper a Trainer keeps
+    (``model_wrapped``, ``accelerator._models``) holds a reference to it. ``destroy_process_group()`` alone
+    leaves those threads running (measured: still there after it); they are then torn down during
+    interpreter finalization, which aborts some exits with "terminate called without an active exception"
+    (SIGABRT). Dropping the trainers' DDP wrappers, collecting garbage, then destroying the group joins
+    the threads here. Every rank must call it (it starts with a barrier).
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    for trainer in trainers or tuple(_LIVE_TRAINERS):
+        trainer.model_wrapped = trainer.model
+        trainer.accelerator.free_memory()
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
+
+
+def _release_distributed_at_exit() -> None:
+    """Register :func:`release_distributed` once, at exit, when a trainer is built under torch.distributed."""
     global _EXIT_HOOK_REGISTERED
     import torch.distributed as dist
 
@@ -91,11 +115,7 @@ def _destroy_process_group_at_exit() -> None:
         return
     import atexit
 
-    def destroy() -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-    atexit.register(destroy)
+    atexit.register(release_distributed)
     _EXIT_HOOK_REGISTERED = True
 
 
@@ -132,7 +152,8 @@ class MultiTaskTrainer(Trainer):
                                             drift_log_path=Path(self.args.output_dir) / DRIFT_LOG_NAME)
             self.add_callback(self.epi_callback)
         self.add_callback(_CheckpointCompletion(self))  # last: the marker follows every other file
-        _destroy_process_group_at_exit()
+        _LIVE_TRAINERS.add(self)
+        _release_distributed_at_exit()
 
     @property
     def tuner(self) -> str:

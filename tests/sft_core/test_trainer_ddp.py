@@ -54,11 +54,16 @@ WORKER = textwrap.dedent('''
     save_file(tensors, os.path.join(output, f"rank{rank}.safetensors"))
     with open(os.path.join(output, f"rank{rank}.json"), "w") as handle:
         json.dump({"world_size": args.world_size, "steps": steps}, handle)
-    # Tear the process group down while the interpreter is fully alive: left to interpreter shutdown,
-    # gloo's worker threads can still hold work objects with Python references and abort rank 1
-    # ("terminate called without an active exception", about 1 run in 5).
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    # Tear distributed down while the interpreter is fully alive: the trainer's DDP wrapper keeps gloo's
+    # process group (and its C++ threads) alive past destroy_process_group(), and threads torn down during
+    # interpreter finalization aborted rank 1 ("terminate called without an active exception", ~1 run in 5).
+    from sft_core.trainer import release_distributed
+
+    release_distributed(trainer)
+    gloo_threads = [name for name in (open(f"/proc/self/task/{tid}/comm").read().strip()
+                                      for tid in os.listdir("/proc/self/task")) if "gloo" in name]
+    with open(os.path.join(output, f"rank{rank}-threads.json"), "w") as handle:
+        json.dump(gloo_threads, handle)
 ''')
 
 
@@ -83,6 +88,8 @@ def test_torchrun_two_ranks_share_each_steps_task_and_end_with_identical_masks(t
     assert any(key.startswith("mask/") and rank0[key].numel() for key in rank0)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
+    for r in range(2):  # release_distributed joined gloo's threads before interpreter shutdown
+        assert json.loads((tmp_path / f"rank{r}-threads.json").read_text()) == [], f"rank {r}: gloo threads alive"
     # the completion marker is written after both ranks wrote their part of the checkpoint
     checkpoint = tmp_path / "checkpoint-6"
     assert is_complete_checkpoint(checkpoint)
