@@ -217,28 +217,27 @@ def train_command(args: argparse.Namespace) -> int:
                                                           output_dir=output, max_length=args.max_length))
     except ValueError as error:  # e.g. --task-proportions naming an absent task, bad step counts
         raise UserError(str(error)) from None
-    try:
-        # transformers prints its log dicts on stdout (tqdm.write / print); stdout is for the JSON summary
-        with contextlib.redirect_stdout(sys.stderr):
-            result = trainer.train(resume_from_checkpoint=resume_from)
-            _save_final_model(trainer, output)
-        summary = None
-        if trainer.args.should_save:
-            isolator = trainer.isolator
-            summary = {
-                "model": args.model, "model_dir": model_dir, "data": list(args.data),
-                "tasks": {task: sum(1 for e in dataset.examples if e["task"] == task) for task in dataset.tasks},
-                "tuner": args.tuner, "schedule": args.schedule, "epi_config": epi_config.to_dict(),
-                "global_steps": trainer.state.global_step, "train_loss": result.training_loss,
-                "resumed_from": resume_from,
-                "task_steps": {name: state.steps for name, state in isolator.tasks.items()} if isolator else None,
-                "drift_log": DRIFT_LOG_NAME if (output / DRIFT_LOG_NAME).is_file() else None,
-            }
-            atomic_write_text(output / RUN_SUMMARY_NAME, json.dumps(summary, indent=2))
-    finally:
-        from sft_core.trainer import release_distributed
+    # transformers prints its log dicts on stdout (tqdm.write / print); stdout is for the JSON summary
+    with contextlib.redirect_stdout(sys.stderr):
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        _save_final_model(trainer, output)
+    summary = None
+    if trainer.args.should_save:
+        isolator = trainer.isolator
+        summary = {
+            "model": args.model, "model_dir": model_dir, "data": list(args.data),
+            "tasks": {task: sum(1 for e in dataset.examples if e["task"] == task) for task in dataset.tasks},
+            "tuner": args.tuner, "schedule": args.schedule, "epi_config": epi_config.to_dict(),
+            "global_steps": trainer.state.global_step, "train_loss": result.training_loss,
+            "resumed_from": resume_from,
+            "task_steps": {name: state.steps for name, state in isolator.tasks.items()} if isolator else None,
+            "drift_log": DRIFT_LOG_NAME if (output / DRIFT_LOG_NAME).is_file() else None,
+        }
+        atomic_write_text(output / RUN_SUMMARY_NAME, json.dumps(summary, indent=2))
+    from sft_core.trainer import release_distributed
 
-        release_distributed(trainer)  # under torchrun: join gloo's threads before the interpreter exits
+    # under torchrun: join gloo's threads before the interpreter exits (after a failure the exit hook does)
+    release_distributed(trainer)
     if summary is not None:
         print(f"saved model and EPI state to {output}", file=sys.stderr)
         print(json.dumps(summary, indent=2))

@@ -79,7 +79,7 @@ _EXIT_HOOK_REGISTERED = False
 _LIVE_TRAINERS: "weakref.WeakSet[MultiTaskTrainer]" = weakref.WeakSet()
 
 
-def release_distributed(*trainers: "MultiTaskTrainer") -> None:
+def release_distributed(*trainers: "MultiTaskTrainer", barrier: bool = True) -> None:
     """Tear torch.distributed down while the interpreter is fully alive (call it at the end of a script run
     under torchrun; MultiTaskTrainer also registers it at exit).
 
@@ -89,7 +89,8 @@ def release_distributed(*trainers: "MultiTaskTrainer") -> None:
     leaves those threads running (measured: still there after it); they are then torn down during
     interpreter finalization, which aborts some exits with "terminate called without an active exception"
     (SIGABRT). Dropping the trainers' DDP wrappers, collecting garbage, then destroying the group joins
-    the threads here. Every rank must call it (it starts with a barrier).
+    the threads here. After a successful run every rank calls it (``barrier``: wait for the others first);
+    the exit hook runs it without the barrier, so a rank that failed does not wait for ranks that never come.
     """
     import gc
 
@@ -97,7 +98,8 @@ def release_distributed(*trainers: "MultiTaskTrainer") -> None:
 
     if not (dist.is_available() and dist.is_initialized()):
         return
-    dist.barrier()
+    if barrier:
+        dist.barrier()
     for trainer in trainers or tuple(_LIVE_TRAINERS):
         trainer.model_wrapped = trainer.model
         trainer.accelerator.free_memory()
@@ -115,7 +117,7 @@ def _release_distributed_at_exit() -> None:
         return
     import atexit
 
-    atexit.register(release_distributed)
+    atexit.register(release_distributed, barrier=False)
     _EXIT_HOOK_REGISTERED = True
 
 
