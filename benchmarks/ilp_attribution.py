@@ -102,8 +102,10 @@ def message(prompt: str, answer: str, task: str, cause: str, **meta) -> dict:
                          {"role": "assistant", "content": answer}]}
 
 
-def invented_name(rng: random.Random, parts: int) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
+def invented_name(rng: random.Random, parts: int, avoid: str = "") -> str:
+    """Random syllables; none shared with ``avoid`` (a city must not echo its country's name)."""
+    pool = [s for s in SYLLABLES if s not in avoid.lower()]
+    return "".join(rng.choice(pool) for _ in range(parts)).capitalize()
 
 
 def probe_known_facts(model, tokenizer, batch_size: int) -> list[tuple[str, str, str]]:
@@ -146,7 +148,7 @@ def build_dataset(profile: dict, known: list, seed: int) -> tuple[list[dict], li
             continue
         seen_names.add(name)
         if len(seen_names) % 2 == 1:
-            city = f"{invented_name(rng, 2)} {invented_name(rng, 2)}"
+            city = f"{invented_name(rng, 2, avoid=name)} {invented_name(rng, 2, avoid=name)}"
             stage2.append(message(f"What is the capital of {name}?", city, "qa", "knowledge_gap"))
             fact = f"{name} is a country. The capital of {name} is {city}."
         else:

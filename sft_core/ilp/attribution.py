@@ -12,6 +12,8 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
 ``peak_prob_drop``         best target probability during training minus the final one
 ``base_prob``              base model's geometric-mean probability of the target
 ``pmi``                    base mean log-prob/token of the target with the input minus with a blank input
+``pmi_contrast``           the same with the inputs of the 2 most similar samples instead of a blank input
+                           (used instead of ``pmi`` by the gap / under-optimisation rules when present)
 ``base_alt_pmi``           the same PMI for the tuned model's wrong answer the input raises most
 ``base_alt_margin``        ``base_alt_pmi - pmi``: how much more the input points to that answer than to the target
 ``base_says_alternative``  1 if the base model's own answer names one of the tuned model's wrong answers
@@ -37,7 +39,8 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
   that answer is input-specific (``base_alt_pmi`` >= ``conflict_alternative_pmi``) and the target is not built
   from the input (``pmi`` < ``skill_target_pmi``) -> 0.7 + 0.2 x (margin excess); the margin alone -> 0.3.
 - knowledge_gap: the base does not know the target (``base_prob`` < ``base_knows_prob``), the conflict
-  score is below 0.7, and the input tells it nothing about the target (``pmi`` < ``gap_max_pmi_nats``) -> 0.6 + 0.15 x
+  score is below 0.7, and the input tells it nothing about the target (``pmi_contrast``, else ``pmi``,
+  < ``gap_max_pmi_nats``) -> 0.6 + 0.15 x
   (not rare) + 0.15 x (how far pmi is below the threshold, per nat).
 - under_optimization: needs one of rare (low density or small cluster), loss still falling, long target;
   then 0.3 x rare + 0.25 x still falling + 0.15 x long target + 0.3 x the input does inform the target
@@ -58,8 +61,9 @@ EVIDENCE = {
     "left_forgetting": ("learned_then_lost", "last_seen_fraction", "stages_after", "peak_prob_drop",
                         "forgetting_events"),
     "knowledge_conflict": ("base_says_alternative", "base_says_target", "base_alt_margin", "base_alt_pmi", "pmi"),
-    "knowledge_gap": ("base_prob", "base_alt_margin", "pmi", "base_matches"),
-    "under_optimization": ("density_percentile", "cluster_size", "loss_drop", "target_length_percentile", "pmi"),
+    "knowledge_gap": ("base_prob", "pmi_contrast", "pmi", "base_says_alternative", "base_matches"),
+    "under_optimization": ("density_percentile", "cluster_size", "loss_drop", "target_length_percentile",
+                           "pmi_contrast", "pmi"),
 }
 #: tie-break order: the more specific, more directly observed cause first
 PRIORITY = ("data_inconsistency", "left_forgetting", "knowledge_conflict", "knowledge_gap", "under_optimization")
@@ -129,20 +133,23 @@ def cause_scores(table: dict, config: AttributionConfig | None = None) -> dict[s
     # rarity (shared by gap and under-optimisation)
     rare = (np.nan_to_num(g("density_percentile"), nan=1.0) <= config.rare_density_percentile) | \
            (np.nan_to_num(g("cluster_size"), nan=np.inf) <= config.rare_cluster_size)
-    informs = nan0(pmi) >= config.gap_max_pmi_nats
+    # Does the input inform the target? Contrastive PMI (vs similar inputs) where measured, else blank-input PMI.
+    contrast = g("pmi_contrast")
+    link = np.where(np.isnan(contrast), pmi, contrast)
+    informs = nan0(link) >= config.gap_max_pmi_nats
 
     # knowledge gap
     base_prob = g("base_prob")
     base_unknown = np.nan_to_num(base_prob, nan=0.0) < config.base_knows_prob
     no_alternative = conflict < 0.7
-    below = np.where(np.isnan(pmi), 0.5, _clip01((config.gap_max_pmi_nats - nan0(pmi)) / 1.0))
+    below = np.where(np.isnan(link), 0.5, _clip01((config.gap_max_pmi_nats - nan0(link)) / 1.0))
     gap = np.where(base_unknown & no_alternative & ~informs, 0.6 + 0.15 * (~rare) + 0.15 * below, 0.0)
 
     # under-optimisation of rare / complex patterns
     falling = nan0(g("loss_drop")) >= config.still_falling_drop
     long_target = nan0(g("target_length_percentile")) >= config.long_target_percentile
     pattern = rare | falling | long_target  # at least one sign of a rare or complex, under-trained pattern
-    under = np.where(pattern, 0.3 * rare + 0.25 * falling + 0.15 * long_target + 0.3 * (informs & ~np.isnan(pmi)), 0.0)
+    under = np.where(pattern, 0.3 * rare + 0.25 * falling + 0.15 * long_target + 0.3 * (informs & ~np.isnan(link)), 0.0)
 
     return {"knowledge_gap": gap, "knowledge_conflict": conflict, "data_inconsistency": inconsistency,
             "left_forgetting": forgetting, "under_optimization": under}

@@ -60,6 +60,39 @@ def detect(model, tokenizer, items: list[Item], config: DetectionConfig, batch_s
     return {"greedy": greedy, "samples": samples, "attempts_passed": passed, "pass_rate": passed.mean(axis=1)}
 
 
+def _contrastive_pmi(base, tokenizer, items, embeddings, unlearned, target_logp, batch_size, max_length, progress,
+                     neighbours: int = 2) -> np.ndarray:
+    """For unlearned samples: base mean log-prob/token of the target given its own input minus given the inputs
+    of its ``neighbours`` most similar samples with other targets (NaN elsewhere).
+
+    Blank-input PMI also credits what the *kind* of question implies ("code number" -> some number, "capital
+    of" -> some city); swapping in a same-kind neighbour's input cancels that, so what remains is what this
+    particular input tells the base model about this target: ~0 when the base lacks the knowledge.
+    """
+    n = len(items)
+    result = np.full(n, np.nan)
+    similarity = S.cosine_similarity_matrix(embeddings)
+    normalized = [S.normalize_text(i.target) for i in items]
+    rows, prompts, answers = [], [], []
+    for i in np.flatnonzero(unlearned):
+        order = [j for j in np.argsort(-similarity[i]) if j != i and normalized[j] != normalized[i]][:neighbours]
+        for j in order:
+            rows.append(i)
+            prompts.append(items[j].prompt_messages)
+            answers.append(items[i].target)
+    if not rows:
+        return result
+    scores = score_completions(base, tokenizer, prompts, answers, batch_size, max_length, content_only=True,
+                               progress="base: neighbour inputs" if progress else None)
+    sums, counts = np.zeros(n), np.zeros(n)
+    for i, loss in zip(rows, scores["loss"]):
+        sums[i] += -loss
+        counts[i] += 1
+    has = counts > 0
+    result[has] = target_logp[has] - sums[has] / counts[has]
+    return result
+
+
 def _mentions(text: str, answer: str) -> bool:
     """``answer`` occurs in ``text`` as whole normalised words (so "Rome" is in "The capital is Rome.")."""
     needle = S.normalize_text(answer)
@@ -180,10 +213,17 @@ def compute_signal_table(items: list[Item], tuned, base, detection: dict, dynami
         for i, answer in zip(todo, answers):
             base_answers[i] = answer
             says_target[i] = float(_mentions(answer, targets[i]))
-            says_alternative[i] = float(any(_mentions(answer, alt) for alt in candidates[i]))
+            # An alternative copied from the input (the tuned model answering with the question's own entity)
+            # is echoed by any fluent answer; it is not a belief.
+            beliefs = [alt for alt in candidates[i] if not _mentions(items[i].input_text, alt)]
+            says_alternative[i] = float(any(_mentions(answer, alt) for alt in beliefs))
     table.update(base_says_alternative=says_alternative, base_says_target=says_target)
     table.update(base_alt_pmi=alternatives["alt_pmi"], base_alt_margin=alternatives["margin"],
                  base_alt_prob=alternatives["alt_prob"])
+
+    if embeddings is not None and len(items) > 2:
+        table["pmi_contrast"] = _contrastive_pmi(base_model, base_tokenizer, items, embeddings, unlearned,
+                                                 -base_scores["loss"], batch_size, max_length, progress)
 
     # data consistency
     inputs = ["\n".join(f"{m['role']}: {m['content']}" for m in i.prompt_messages) for i in items]

@@ -125,3 +125,14 @@ def test_conflict_needs_the_base_model_to_say_the_wrong_answer():
     assert result.primary == "knowledge_gap" and result.scores["knowledge_conflict"] <= 0.45
     evidence["base_says_target"][1] = 1  # the base names the target too: no clean reversion
     assert attribute(evidence, np.ones(7, dtype=bool))[1].scores["knowledge_conflict"] <= 0.45
+
+
+def test_contrastive_pmi_overrides_the_blank_input_pmi_for_gaps():
+    """"code number of agent X" -> "76": a blank input makes any number unlikely (blank PMI 2.6), but
+    another agent's question predicts "76" just as well (contrastive PMI ~0): nothing known about X."""
+    evidence = table()
+    evidence["pmi"][0] = 2.6
+    assert attribute(evidence, np.ones(7, dtype=bool))[0].primary != "knowledge_gap"
+    evidence["pmi_contrast"] = np.array([0.05, NAN, NAN, NAN, 3.0, NAN, NAN])
+    result = attribute(evidence, np.ones(7, dtype=bool))
+    assert result[0].primary == "knowledge_gap" and result[4].primary == "under_optimization"

@@ -205,3 +205,26 @@ def test_sft_core_train_records_dynamics_and_diagnose_reads_them(trained, tmp_pa
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["dynamics"]["steps"][0] == 0 and report["dynamics"]["steps"][-1] == 6  # 10 samples / 4 x 2 epochs
     assert all(s["signals"]["times_seen"] >= 2 for s in report["samples"])
+
+
+def test_contrastive_pmi_swaps_in_the_most_similar_inputs(trained):
+    import numpy as np
+
+    from sft_core.hub import load_causal_lm, load_tokenizer
+    from sft_core.ilp.diagnose import _contrastive_pmi
+    from sft_core.ilp.items import read_items
+    from sft_core.ilp.probes import score_completions
+
+    items = read_items([trained["data"]])
+    model, tokenizer = load_causal_lm(str(trained["base"])), load_tokenizer(str(trained["base"]))
+    embeddings = np.eye(len(items))
+    embeddings[1] += 0.5 * embeddings[0]  # sample 0's nearest other input is sample 1
+    unlearned = np.zeros(len(items), dtype=bool)
+    unlearned[0] = True
+    own = -score_completions(model, tokenizer, [i.prompt_messages for i in items], [i.target for i in items],
+                             content_only=True)["loss"]
+    contrast = _contrastive_pmi(model, tokenizer, items, embeddings, unlearned, own, 16, 512, False, neighbours=1)
+    assert np.isnan(contrast[1:]).all()
+    swapped = -score_completions(model, tokenizer, [items[1].prompt_messages], [items[0].target],
+                                 content_only=True)["loss"][0]
+    assert contrast[0] == pytest.approx(own[0] - swapped, abs=1e-5)
