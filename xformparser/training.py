@@ -31,6 +31,7 @@ from .formats import DEFAULT_KEY_LABELS, DEFAULT_VALUE_LABELS, check_page_images
 from .modeling_xformparser import ENCODER_PREFIX, OBJECTIVES, XFormParserModel
 
 logger = logging.getLogger("xformparser.training")
+LAYOUT_PREFIX = "backbone.adapter.layout."
 EPI_TASK_MODES = ("auto", "languages", "objectives")
 BACKBONE_TYPE_BY_MODEL_TYPE = {"layoutlmv3": "layoutlmv3", "lilt": "lilt"}
 
@@ -50,7 +51,10 @@ class TrainingOptions:
     max_steps: int = -1
     batch_size: int = 2
     learning_rate: float = 1e-4  # backbone encoder
-    head_learning_rate: float = 1e-3  # layout embeddings, image branch, SER/RE heads
+    head_learning_rate: float = 1e-3  # image branch, SER/RE heads (and layout embeddings above a frozen encoder part)
+    # Layout embeddings that join the word embeddings at the encoder input (frozen_layers=0) perturb every
+    # pretrained layer: they train at the encoder's rate unless set. With frozen_layers > 0 they follow the heads.
+    layout_learning_rate: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 42
@@ -74,11 +78,13 @@ class SoftLabelScheduleCallback(TrainerCallback):
 class XFormParserTrainer(MultiTaskTrainer):
     """MultiTaskTrainer + document-level evaluation (SER/RE F1) + per-objective tasks + head learning rate."""
 
-    def __init__(self, *args, eval_documents=None, task_mode: str = "single", head_learning_rate=None, **kwargs):
+    def __init__(self, *args, eval_documents=None, task_mode: str = "single", head_learning_rate=None,
+                 layout_learning_rate=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_documents = eval_documents or []
         self.task_mode = task_mode
         self.head_learning_rate = head_learning_rate
+        self.layout_learning_rate = layout_learning_rate
         self.last_eval_report: dict | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -95,6 +101,17 @@ class XFormParserTrainer(MultiTaskTrainer):
         heads = tuple(name for name, _ in model.named_parameters() if not name.startswith(ENCODER_PREFIX))
         groups = build_parameter_groups(model, head_prefixes=heads, backbone_lr=self.args.learning_rate,
                                         head_lr=self.head_learning_rate, weight_decay=self.args.weight_decay)
+        if self.layout_learning_rate is not None:
+            layout = {id(p) for name, p in model.named_parameters() if name.startswith(LAYOUT_PREFIX)}
+            split = []
+            for group in groups:
+                inside = [p for p in group["params"] if id(p) in layout]
+                outside = [p for p in group["params"] if id(p) not in layout]
+                if outside:
+                    split.append({**group, "params": outside})
+                if inside:
+                    split.append({**group, "params": inside, "lr": self.layout_learning_rate, "name": "layout"})
+            groups = split
         # foreach: one vectorised update instead of ~150 small ones (it was 15% of a CPU step).
         self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, foreach=True)
         return self.optimizer
@@ -136,6 +153,13 @@ def synthetic_training_documents(out_dir, per_language: int, langs, seed: int, a
             if unknown:
                 raise ValueError(f"synthetic form {document.doc_id} has labels {sorted(unknown)} outside {sorted(allowed_labels)}")
     return documents
+
+
+def layout_learning_rate(options: TrainingOptions, config) -> float | None:
+    """The layout embeddings' rate: as set, else the encoder's when they enter at the encoder input."""
+    if options.layout_learning_rate is not None:
+        return options.layout_learning_rate
+    return options.learning_rate if config.backbone_type == "text-layout" and not config.frozen_layers else None
 
 
 def role_labels(labels: list[str], requested, defaults) -> list[str]:
@@ -231,6 +255,7 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
         eval_dataset=eval_documents or None,
         processing_class=tokenizer, epi_config=epi_config, eval_documents=eval_documents, task_mode=task_mode,
         head_learning_rate=options.head_learning_rate, callbacks=[SoftLabelScheduleCallback()],
+        layout_learning_rate=layout_learning_rate(options, config),
     )
     cpu_started = time.process_time()
     train_output = trainer.train(resume_from_checkpoint=resume)

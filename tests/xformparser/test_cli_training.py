@@ -179,3 +179,22 @@ def test_optimizer_groups_come_from_the_shared_helper(tiny_encoder_dir):
     assert group_of[id(norm_bias)]["weight_decay"] == 0.0
     word_embeddings = by_name["backbone.adapter.encoder.embeddings.word_embeddings.weight"]
     assert id(word_embeddings) not in group_of  # frozen: not in the optimizer at all
+
+
+def test_layout_embeddings_at_the_encoder_input_train_at_the_encoder_rate(tiny_encoder_dir):
+    from sft_core.trainer import MultiTaskTrainingArguments
+    from xformparser import XFormParserConfig
+    from xformparser.training import TrainingOptions, XFormParserTrainer, build_parser_model, layout_learning_rate
+
+    options = TrainingOptions(train_path="unused", output_dir="unused", learning_rate=2e-5)
+    assert layout_learning_rate(options, XFormParserConfig(frozen_layers=0)) == 2e-5
+    assert layout_learning_rate(options, XFormParserConfig(frozen_layers=2)) is None  # follows the heads
+    model = build_parser_model(tiny_encoder_dir, ["answer", "header", "other", "question"], ["question"], ["answer"], {})
+    args = MultiTaskTrainingArguments(output_dir="unused", learning_rate=2e-5, report_to=[], use_cpu=True)
+    trainer = XFormParserTrainer(model=model, args=args, train_dataset=[{"task": "default"}], head_learning_rate=1e-3,
+                                 layout_learning_rate=2e-5)
+    group_of = {id(p): g for g in trainer.create_optimizer().param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert group_of[id(named["backbone.adapter.layout.x_embedding.weight"])]["lr"] == 2e-5
+    assert group_of[id(named["ser_head.1.weight"])]["lr"] == 1e-3
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == sum(p.requires_grad for p in model.parameters())
