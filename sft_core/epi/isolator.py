@@ -202,6 +202,16 @@ class ParameterIsolator:
                 logger.warning("%s; absent tasks keep their masks (replay switched off)", error)
                 self.disable_replay()
                 return False
+            except Exception as error:  # noqa: BLE001
+                if self.replay_loss is not None:  # the caller's own loss function failed: that is their bug
+                    raise
+                # the default replay calls model(**captured tensors); a forward that also needs non-tensor
+                # arguments cannot be replayed that way
+                logger.warning("EPI replay: model(**captured batch) failed (%s: %s); absent tasks keep their "
+                               "masks (replay switched off; pass replay_loss=fn(model, batch) to enable it)",
+                               type(error).__name__, error)
+                self.disable_replay()
+                return False
             self.accumulator.update(state.importance, self.params, grads)
         state.replays += 1
         return True

@@ -279,3 +279,22 @@ def test_importance_interval_updates_every_kth_step_of_a_task():
         isolator.after_step("a")
         values.append(float(isolator.tasks["a"].importance[0][0]))
     assert values == pytest.approx([0.5, 0.5, 0.5, 0.75])  # steps 1 and 4 update
+
+
+def test_replay_is_switched_off_when_the_forward_cannot_be_replayed_from_captured_tensors():
+    class NeedsFlag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 1)
+
+        def forward(self, x, *, mode):  # a non-tensor argument the capture does not keep
+            return self.linear(x).square().mean() if mode == "loss" else self.linear(x)
+
+    model = NeedsFlag()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    isolator = attach_epi(model, optimizer, EPIConfig(warmup_steps=2, update_interval=2, replay_batches=1))
+    for task in ["a", "a", "b", "b", "b", "b"]:
+        model(torch.randn(3, 4), mode="loss").backward()
+        isolator.step(task)
+        optimizer.zero_grad()
+    assert not isolator.uses_replay and isolator.tasks["a"].has_mask
