@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
     parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--layout-lr", type=float, help="layout-embedding learning rate (default: the encoder's)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--synth-per-language", type=int, default=2)
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
         train_path=f"{funsd}/training_data (first {len(train_documents)}) + synthetic", output_dir=str(Path(args.runs_dir) / "model"),
         eval_path=f"{funsd}/training_data (last {DEV_DOCUMENTS})", backbone="minilm-l6", epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, head_learning_rate=args.head_lr, seed=args.seed,
+        layout_learning_rate=args.layout_lr,
         model_options=model_options, logging_steps=25,
     )
     if args.from_run:
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
         run_options = summary["options"]
         args.epochs, args.lr, args.head_lr, args.seed = (run_options["epochs"], run_options["learning_rate"],
                                                           run_options["head_learning_rate"], run_options["seed"])
+        # runs from before the option existed gave the layout embeddings the heads' rate
+        args.layout_lr = run_options.get("layout_learning_rate", run_options["head_learning_rate"])
     else:
         summary = train_parser(options, train_documents=train_documents + synth, eval_documents=dev_documents)
     _log(f"trained {summary['global_steps']} steps in {summary['wall_seconds']} s; best dev {summary['best_metric']}")
@@ -111,11 +115,14 @@ def main(argv=None) -> int:
             "note": "FUNSD (Jaume et al., 2019) is a research dataset of scanned forms; check its terms for other uses.",
         },
         "recipe": {"backbone": "minilm-l6", "epochs": args.epochs, "encoder_lr": args.lr, "head_lr": args.head_lr,
+                   "layout_lr": args.layout_lr if args.layout_lr is not None else args.lr,
                    "batch_size": args.batch_size, "seed": args.seed, "optimizer_steps": summary["global_steps"],
                    "best_checkpoint": Path(summary["best_checkpoint"] or "").name, "model_options": model_options,
                    "train_wall_seconds": summary["wall_seconds"]},
         "funsd_test_before_export": trained_scores,
         "command": "python scripts/train_default_parser.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "reproduce": (f"python scripts/train_default_parser.py --epochs {args.epochs:g} --lr {args.lr:g} --head-lr "
+                      f"{args.head_lr:g} --seed {args.seed}" + (f" --layout-lr {args.layout_lr:g}" if args.layout_lr else "")),
     }
     manifest = export_backbone_delta(trained.model, args.output, rank=args.rank, max_bytes=int(args.max_mb * 1e6),
                                      metadata=metadata)
