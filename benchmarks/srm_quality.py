@@ -78,6 +78,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the current recipes (means reported)")
+    parser.add_argument("--lodo-seeds", default="", help="seeds of the LODO folds (default: --seeds)")
     parser.add_argument("--legacy-seeds", default="0", help="seeds of the pre-fix recipes (diagnosis only)")
     parser.add_argument("--recipes", default="scalar,srm,scalar-legacy,srm-legacy")
     parser.add_argument("--no-lodo", action="store_true", help="skip the leave-one-domain-out folds")
@@ -292,11 +293,9 @@ def main(argv=None) -> int:
         held = [g for g in train + test if domain_of(g) == domain]
         judges[f"lodo-{domain}"] = zero_shot(warm, tokenizer, cache, held)
     del warm
-    judge = judge_probe(test, off_test, args.judge_pairs, cache) if args.judge_pairs else None
-    if judge:
-        print(f"judge probe: {judge}", file=sys.stderr, flush=True)
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    lodo_seeds = [int(s) for s in args.lodo_seeds.split(",") if s.strip()] if args.lodo_seeds else seeds
     legacy_seeds = [int(s) for s in args.legacy_seeds.split(",") if s.strip()]
     recipes = [r for r in args.recipes.split(",") if r]
     runs = []
@@ -319,7 +318,7 @@ def main(argv=None) -> int:
         for seed in (legacy_seeds if recipe.endswith("-legacy") else seeds):
             train_groups = train + (off_train if uses_offprompt else [])
             run(recipe, seed, "split", train_groups, {"test": test, "offprompt": off_test})
-            if args.no_lodo:
+            if args.no_lodo or (not recipe.endswith("-legacy") and seed not in lodo_seeds):
                 continue
             for domain in RMBENCH_DOMAINS:
                 fold_train = [g for g in train if domain_of(g) != domain]
@@ -330,10 +329,17 @@ def main(argv=None) -> int:
 
     report = build_report(args, argv, runs, judges, recipes, seeds, legacy_seeds, train, test, off_train, off_test,
                           dropped, features_seconds, started, sum(truncated), test_responses)
-    report["judge_branch_probe"] = judge
+    report["budget"]["lodo_seeds"] = lodo_seeds
     os.makedirs(args.output_dir, exist_ok=True)
-    atomic_write_text(os.path.join(args.output_dir, "srm_quality.json"), json.dumps(report, indent=2) + "\n")
-    atomic_write_text(os.path.join(args.output_dir, "srm_quality.md"), markdown(report))
+
+    def write():
+        atomic_write_text(os.path.join(args.output_dir, "srm_quality.json"), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(os.path.join(args.output_dir, "srm_quality.md"), markdown(report))
+
+    write()  # the model results land even if the (slow) judge probe below is interrupted
+    if args.judge_pairs:
+        report["judge_branch_probe"] = judge_probe(test, off_test, args.judge_pairs, cache)
+        write()
     print(markdown(report))
     return 0
 
@@ -451,7 +457,8 @@ def markdown(report: dict) -> str:
     s, t, d, b = report["summary"], report["tables"], report["data"], report["budget"]
     lines = ["# SRM vs scalar reward model: held-out prompts and generalization proxies", "",
              "Pairwise accuracy in %, frozen `" + b["backbone"] + "` backbone for every model, mean over seeds "
-             f"{', '.join(map(str, b['seeds']))} (the `-legacy` rows: seed(s) {', '.join(map(str, b['legacy_seeds']))}).",
+             f"{', '.join(map(str, b['seeds']))} (LODO folds: seeds {', '.join(map(str, b.get('lodo_seeds', b['seeds'])))}; "
+             f"the `-legacy` rows: seed(s) {', '.join(map(str, b['legacy_seeds']))}).",
              "", "## Summary", "",
              "| | SRM | scalar |", "|---|---|---|",
              f"| leave-one-domain-out average (RM-Bench avg on the held-out domain) | {s['leave_one_domain_out']['srm']} | "
