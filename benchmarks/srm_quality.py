@@ -74,7 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-prompt-length", type=int, default=128)
-    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--epochs", type=float, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the current recipes (means reported)")

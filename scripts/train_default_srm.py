@@ -47,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=os.path.join(ROOT, "srm", "default_model"))
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--epochs", type=float, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
