@@ -13,7 +13,7 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
 ``base_prob``              base model's geometric-mean probability of the target
 ``pmi``                    base mean log-prob/token of the target with the input minus with a blank input
 ``pmi_contrast``           the same with the inputs of the 2 most similar samples instead of a blank input
-                           (used instead of ``pmi`` by the gap / under-optimisation rules when present)
+                           (the gap / under-optimisation rules use the smaller of the two)
 ``base_alt_pmi``           the same PMI for the tuned model's wrong answer the input raises most
 ``base_alt_margin``        ``base_alt_pmi - pmi``: how much more the input points to that answer than to the target
 ``base_says_alternative``  1 if the base model's own answer names one of the tuned model's wrong answers
@@ -39,9 +39,9 @@ The signal table is a dict of ``[N]`` arrays (missing signals are NaN and simply
   that answer is input-specific (``base_alt_pmi`` >= ``conflict_alternative_pmi``) and the target is not built
   from the input (``pmi`` < ``skill_target_pmi``) -> 0.7 + 0.2 x (margin excess); the margin alone -> 0.3.
 - knowledge_gap: the base does not know the target (``base_prob`` < ``base_knows_prob``), the conflict
-  score is below 0.7, and the input tells it nothing about the target (``pmi_contrast``, else ``pmi``,
-  < ``gap_max_pmi_nats``) -> 0.6 + 0.15 x
-  (not rare) + 0.15 x (how far pmi is below the threshold, per nat).
+  score is below 0.7, and the input tells it nothing about the target (the smaller of ``pmi`` and
+  ``pmi_contrast`` < ``gap_max_pmi_nats``) -> 0.7 + 0.1 x (not rare) + 0.1 x (how far it is below the
+  threshold, per nat).
 - under_optimization: needs one of rare (low density or small cluster), loss still falling, long target;
   then 0.3 x rare + 0.25 x still falling + 0.15 x long target + 0.3 x the input does inform the target
   (``pmi`` >= ``gap_max_pmi_nats``: a learnable skill, not missing knowledge).
@@ -133,9 +133,10 @@ def cause_scores(table: dict, config: AttributionConfig | None = None) -> dict[s
     # rarity (shared by gap and under-optimisation)
     rare = (np.nan_to_num(g("density_percentile"), nan=1.0) <= config.rare_density_percentile) | \
            (np.nan_to_num(g("cluster_size"), nan=np.inf) <= config.rare_cluster_size)
-    # Does the input inform the target? Contrastive PMI (vs similar inputs) where measured, else blank-input PMI.
+    # Does the input inform the target? Only if it does both against a blank input and against similar inputs
+    # (the contrastive PMI, where measured): either test failing means no usable link.
     contrast = g("pmi_contrast")
-    link = np.where(np.isnan(contrast), pmi, contrast)
+    link = np.where(np.isnan(contrast), pmi, np.fmin(pmi, contrast))
     informs = nan0(link) >= config.gap_max_pmi_nats
 
     # knowledge gap
@@ -143,7 +144,8 @@ def cause_scores(table: dict, config: AttributionConfig | None = None) -> dict[s
     base_unknown = np.nan_to_num(base_prob, nan=0.0) < config.base_knows_prob
     no_alternative = conflict < 0.7
     below = np.where(np.isnan(link), 0.5, _clip01((config.gap_max_pmi_nats - nan0(link)) / 1.0))
-    gap = np.where(base_unknown & no_alternative & ~informs, 0.6 + 0.15 * (~rare) + 0.15 * below, 0.0)
+    # >= 0.7: without a link from input to target, a rare or slow sample is still missing knowledge first.
+    gap = np.where(base_unknown & no_alternative & ~informs, 0.7 + 0.1 * (~rare) + 0.1 * below, 0.0)
 
     # under-optimisation of rare / complex patterns
     falling = nan0(g("loss_drop")) >= config.still_falling_drop
