@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--head-lr", type=float, default=1e-3, help="heads, gate and scorers learning rate")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (never on biases/norms)")
     train.add_argument("--batch-size", type=int, default=8, help="response groups per step")
-    train.add_argument("--max-length", type=int, default=256)
+    train.add_argument("--max-length", type=int, default=512,
+                       help="token window of the joint prompt+response pass (head+tail truncation)")
     train.add_argument("--max-prompt-length", type=int, default=128)
     train.add_argument("--freeze-backbone", action="store_true", help="train only heads/gate/scorers (cached encoder)")
     train.add_argument("--gate-temperature", type=float, default=1.0)
