@@ -298,3 +298,27 @@ def test_replay_is_switched_off_when_the_forward_cannot_be_replayed_from_capture
         isolator.step(task)
         optimizer.zero_grad()
     assert not isolator.uses_replay and isolator.tasks["a"].has_mask
+
+
+def test_multitask_trainer_replays_absent_tasks_in_a_sequential_schedule(tmp_path):
+    from sft_core.sft_data import CausalLMCollator, SFTDataset
+    from sft_core.testing import tiny_causal_lm
+    from sft_core.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
+
+    model, tokenizer = tiny_causal_lm(seed=0)
+    records = [{"task": task, "messages": [{"role": "user", "content": f"the movie {i} is {task}"},
+                                           {"role": "assistant", "content": answer}]}
+               for task, answer in (("pos", "positive"), ("neg", "negative")) for i in range(8)]
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=8,
+                                      learning_rate=5e-3, save_strategy="no", report_to=[], disable_tqdm=True,
+                                      task_schedule="sequential", task_proportions={"pos": 1, "neg": 1}, use_cpu=True)
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset=SFTDataset(records, tokenizer, max_length=48),
+                               data_collator=CausalLMCollator(tokenizer.pad_token_id),
+                               epi_config=EPIConfig(warmup_steps=2, update_interval=2, replay_batches=2))
+    trainer.train()
+    first = trainer.isolator.tasks["pos"]
+    assert trainer.isolator.uses_replay and len(first.replay.batches) == 2
+    assert set(first.replay.batches[0]) >= {"input_ids", "labels"}  # captured from the Trainer's forward
+    assert first.replays == 2  # refreshes at steps 6 and 8, while only "neg" trains
+    records = [r for r in read_drift_log(tmp_path / "epi_drift.jsonl") if r["task"] == "pos"]
+    assert records[-1]["replays"] == 2
