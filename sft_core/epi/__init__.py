@@ -1,4 +1,4 @@
-"""Evolving Parameter Isolation (EPI) and its baselines (``static``, ``full``).
+"""Evolving Parameter Isolation (EPI) and its baselines (``static``, ``full``) and control (``random``).
 
 Plain PyTorch::
 

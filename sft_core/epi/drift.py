@@ -1,4 +1,4 @@
-"""Mask-drift analytics: the JSONL log written at every refresh and the `drift-plot` renderer."""
+"""Mask-drift analytics: the per-refresh records, the JSONL log and the `drift-plot` renderer."""
 
 from __future__ import annotations
 
