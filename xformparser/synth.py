@@ -310,7 +310,15 @@ def _faker(lang: str):
         from faker import Faker
     except ImportError as error:  # pragma: no cover - faker is a declared dependency
         raise RuntimeError("xformparser synth needs the 'faker' package (pip install faker)") from error
-    return Faker(FAKER_LOCALES[lang])
+    fake = Faker(FAKER_LOCALES[lang])
+    # faker's it_IT address provider builds its `cities` list from a set, so the list's order (and with it
+    # every seeded draw) changed with PYTHONHASHSEED from one process to the next; sorted, the draws depend
+    # on the seed only (random_element on a plain list is uniform, so the distribution is unchanged)
+    for provider in fake.get_providers():
+        cities = getattr(provider, "cities", None)
+        if isinstance(cities, list) and all(isinstance(city, str) for city in cities):
+            provider.cities = sorted(cities)
+    return fake
 
 
 # ------------------------------------------------------------------------------------------ the page

@@ -28,6 +28,23 @@ def test_render_is_deterministic_per_seed():
     assert first.document != other.document
 
 
+def test_values_do_not_depend_on_the_process_hash_seed():
+    """faker's it_IT cities came from a set: their draws changed with PYTHONHASHSEED (fixed by sorting)."""
+    import subprocess
+    import sys
+
+    # synth.py loaded on its own: importing the xformparser package would pull in torch in each process
+    script = ("import importlib.util, json, sys; "
+              f"spec = importlib.util.spec_from_file_location('synth_alone', {synth.__file__!r}); "
+              "module = importlib.util.module_from_spec(spec); sys.modules['synth_alone'] = module; "
+              "spec.loader.exec_module(module); "
+              "print(json.dumps([e['text'] for e in module.render_form(4, 'it', noise=0).entities]))")
+    outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2")]
+    assert outputs[0] == outputs[1]
+
+
 def test_dataset_files_are_byte_identical_for_the_same_seed(tmp_path):
     for name in ("a", "b"):
         generate_dataset(tmp_path / name, 1, ["ja"], seed=5)
