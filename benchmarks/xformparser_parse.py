@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep-pages", type=int, default=8, help="pages for the OCR settings sweep (0 = skip)")
     parser.add_argument("--sweep-only", action="store_true", help="run the OCR settings sweep only and merge it "
                                                                      "into an existing results JSON")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the markdown from the results JSON")
     parser.add_argument("--reuse-ocr", action="store_true",
                         help="take rapidocr output from --work-dir's cache (F1 only; latency rows keep the cached OCR time)")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "xformparser_parse"))
@@ -208,10 +209,16 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     options = RapidOcrOptions(threads=args.threads, det_limit_side_len=args.det_side, rec_batch_num=args.rec_batch)
 
+    results = Path(args.results_dir)
+    if args.render_only:
+        report = json.loads((results / "xformparser_parse.json").read_text())
+        report.setdefault("model_card", _model_card(report["model"]))
+        atomic_write_json(results / "xformparser_parse.json", report)
+        atomic_write_text(results / "xformparser_parse.md", render_markdown(report))
+        return 0
     sweep = ocr_sweep(images[: args.sweep_pages], documents[: args.sweep_pages], SWEEP, args.threads) \
         if args.sweep_pages else []
 
-    results = Path(args.results_dir)
     if args.sweep_only:
         report = json.loads((results / "xformparser_parse.json").read_text())
         report["ocr_sweep"] = sweep
@@ -220,19 +227,26 @@ def main(argv=None) -> int:
         atomic_write_text(results / "xformparser_parse.md", render_markdown(report))
         return 0
 
+    from xformparser.pipeline import _load_model
+
+    # One model for every row, loaded once (and its card read now): a model folder replaced while the
+    # benchmark runs cannot mix two models into one report.
+    model_card = _model_card(args.model or "shipped default")
     started = time.perf_counter()
-    FormParser(model_dir=args.model, ocr="rapidocr", ocr_options=options)
+    model, tokenizer = _load_model(args.model)
+    FormParser(model=model, tokenizer=tokenizer, ocr="rapidocr", ocr_options=options)
     startup = time.perf_counter() - started
+    loaded = {"model": model, "tokenizer": tokenizer}
 
     def caching_parser(**kwargs):
         def build():
-            built = FormParser(model_dir=args.model, ocr="rapidocr", ocr_options=options, **kwargs)
+            built = FormParser(ocr="rapidocr", ocr_options=options, **loaded, **kwargs)
             built.ocr_engine = CachingOcr(built.ocr_engine, cache)
             return built
         return build
 
     def cached_parser(**kwargs):
-        return lambda: FormParser(model_dir=args.model, ocr=str(cache), **kwargs)
+        return lambda: FormParser(ocr=str(cache), **loaded, **kwargs)
 
     rows, per_page = [], {}
     main_factory = cached_parser() if args.reuse_ocr else caching_parser()
@@ -243,14 +257,14 @@ def main(argv=None) -> int:
     per_page["end_to_end"] = pages
     ocr_times = {p["doc_id"]: p["timing"]["ocr"] for p in pages}
     variants = [
-        ("gold_ocr", lambda: FormParser(model_dir=args.model, ocr=str(test_dir / "annotations")), "FUNSD annotation boxes"),
+        ("gold_ocr", lambda: FormParser(ocr=str(test_dir / "annotations"), **loaded), "FUNSD annotation boxes"),
         ("rule_linker", cached_parser(linker="rule"), "rapidocr (cached)"),
         ("split_model_bio", cached_parser(split="model"), "rapidocr (cached)"),
         ("split_both", cached_parser(split="both"), "rapidocr (cached)"),
         ("no_split", cached_parser(split="none"), "rapidocr (cached)"),
         ("merge_lines", cached_parser(merge_lines=True), "rapidocr (cached)"),
-        ("gold_ocr_rule_linker", lambda: FormParser(model_dir=args.model, ocr=str(test_dir / "annotations"),
-                                                     linker="rule"), "FUNSD annotation boxes"),
+        ("gold_ocr_rule_linker", lambda: FormParser(ocr=str(test_dir / "annotations"), linker="rule", **loaded),
+         "FUNSD annotation boxes"),
     ]
     for name, factory, ocr_spec in variants:
         row, pages = run_row(name, factory, images, documents, ocr_spec)
@@ -272,7 +286,7 @@ def main(argv=None) -> int:
     model_name = args.model or "shipped default (xformparser/default_model)"
     report = {
         "summary": summary, "baseline": BASELINE, "rows": rows, "ocr_sweep": sweep,
-        "startup_seconds": round(startup, 2), "model": model_name,
+        "startup_seconds": round(startup, 2), "model": model_name, "model_card": model_card,
         "ocr_options": vars(options), "matching": {"min_box_share": MIN_BOX_SHARE, "min_text_ratio": MIN_TEXT_RATIO,
                                                    "defined_in": "xformparser/parse_eval.py"},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -287,6 +301,26 @@ def main(argv=None) -> int:
     return 0
 
 
+def _model_card_lines(card: dict | None) -> list[str]:
+    if not card:
+        return []
+    recipe, data = card.get("recipe") or {}, card.get("training_data") or {}
+    return [f"Model training budget (from its manifest): {recipe.get('epochs')} epochs, {recipe.get('optimizer_steps')} "
+            f"optimizer steps, {recipe.get('train_wall_seconds')} s wall, seed {recipe.get('seed')}, on "
+            f"{data.get('funsd_train_forms')} FUNSD train forms + {data.get('synthetic_forms')} synthetic forms; "
+            f"its FUNSD test scores on gold boxes: {json.dumps(card.get('funsd_test'))}.", ""]
+
+
+def _model_card(model_name: str) -> dict | None:
+    """Training data, recipe and budget of the shipped default model (from its manifest)."""
+    if not model_name.startswith("shipped default"):
+        return None
+    from xformparser.defaults import default_model_card
+
+    card = default_model_card()
+    return {key: card.get(key) for key in ("training_data", "recipe", "funsd_test", "weights_bytes")}
+
+
 def render_markdown(report: dict) -> str:
     s = report["summary"]
     lines = [
@@ -299,6 +333,7 @@ def render_markdown(report: dict) -> str:
         f"for torch and onnxruntime. No training happens here. One-off start-up (model load + OCR sessions): "
         f"{report['startup_seconds']} s, excluded from per-page times.",
         "",
+        *_model_card_lines(report.get("model_card")),
         "| row | OCR | pair F1 | P | R | median s/page (wall) | median CPU s/page | OCR / model / post (median wall s) | model share (wall / CPU) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -322,6 +357,11 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     m = report["matching"]
     lines += [
+        "OCR: rapidocr ran once over the 50 pages (a first run of this script, same options) and its output "
+        "and per-page OCR time are cached under --work-dir; with --reuse-ocr the rows parse that cached OCR "
+        "and the end-to-end row adds the recorded OCR time. CPU seconds are process time with one torch and "
+        "one onnxruntime thread; wall seconds were inflated by ~10 other jobs on the 2 cores.",
+        "",
         "Matching: a predicted entity matches the gold entity covering the largest share of its box when the "
         f"share is >= {m['min_box_share']} and the normalised texts have a difflib ratio >= {m['min_text_ratio']}; "
         "a predicted pair is correct when both ends match the ends of a gold question -> answer link "
