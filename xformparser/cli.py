@@ -31,6 +31,8 @@ def _labels(text: str | None):
 
 
 def _add_train_parser(subparsers) -> None:
+    from .training import TrainingOptions  # defaults = the measured recipe
+
     parser = subparsers.add_parser("train", help="train a parser (SER + RE) on FUNSD/XFUND/InDFormSFT/PaddleOCR-KIE data",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--train", required=True, help="training data (file or folder)")
@@ -47,11 +49,15 @@ def _add_train_parser(subparsers) -> None:
     parser.add_argument("--no-bilstm", action="store_true")
     parser.add_argument("--no-label-embedding", action="store_true")
     parser.add_argument("--no-geometric-features", action="store_true")
-    parser.add_argument("--epochs", type=float, default=5.0)
+    parser.add_argument("--epochs", type=float, default=TrainingOptions.epochs)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
-    parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of layout/image/SER/RE parts")
+    parser.add_argument("--lr", type=float, default=TrainingOptions.learning_rate, help="encoder learning rate")
+    parser.add_argument("--head-lr", type=float, default=TrainingOptions.head_learning_rate,
+                        help="learning rate of the image branch and SER/RE heads")
+    parser.add_argument("--layout-lr", type=float, default=None,
+                        help="layout-embedding learning rate (default: the encoder's when they enter at the encoder "
+                             "input, frozen_layers=0; else the heads')")
     parser.add_argument("--frozen-layers", type=int, default=0,
                         help="freeze the encoder's embeddings and bottom N layers (their outputs are cached): "
                              "much faster on CPU; 0 fine-tunes the whole encoder")
@@ -117,7 +123,8 @@ def run_train(args) -> int:
         train_path=_resolve_data_path(args.train, args.data_root), eval_path=_resolve_data_path(args.eval, args.data_root),
         output_dir=args.output, backbone=args.backbone, data_format=args.format, tuner=args.tuner,
         epi_tasks=args.epi_tasks, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-        learning_rate=args.lr, head_learning_rate=args.head_lr, seed=args.seed, resume=args.resume,
+        learning_rate=args.lr, head_learning_rate=args.head_lr, layout_learning_rate=args.layout_lr, seed=args.seed,
+        resume=args.resume,
         key_labels=_labels(args.key_labels), value_labels=_labels(args.value_labels), model_options=model_options,
     )
     # Logs (the Trainer prints its metric dicts to stdout) go to stderr: stdout is the JSON summary only.
