@@ -65,7 +65,9 @@ def parse_args(argv=None):
                                                                                                  "datasets")))
     parser.add_argument("--srm-model", default=None, help="saved SRM directory (default: the shipped default SRM)")
     parser.add_argument("--pairs", type=int, default=16, help="preference pairs per throughput round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="paired rounds; keep it even so each model runs first equally often (on a busy CPU "
+                             "the first call of a round is measurably slower)")
     parser.add_argument("--batch-size", type=int, default=16, help="scoring batch size (srm score's default)")
     parser.add_argument("--judge-pairs", type=int, default=8)
     parser.add_argument("--judge-rounds", type=int, default=3)
