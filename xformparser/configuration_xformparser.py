@@ -52,7 +52,7 @@ class XFormParserConfig(PretrainedConfig):
         use_ser_context: add (residually) a Bi-LSTM over entities in reading order to the entity
             features before the SER MLP, so neighbouring entities inform each label.
         context_kind: how entities see their neighbours (``use_ser_context`` and ``use_bilstm``):
-            ``"attention"`` (default): one transformer layer over each entity's ``context_neighbours``
+            ``"attention"`` (default for new models; configs saved before this option load as ``"bilstm"``): one transformer layer over each entity's ``context_neighbours``
             nearest entities with a relative-position attention bias (:class:`NeighbourAttention`);
             ``"bilstm"``: a Bi-LSTM over entities in reading order (slow on CPU: it runs step by step).
         context_neighbours / context_heads: neighbours each entity attends to; attention heads.
@@ -92,7 +92,7 @@ class XFormParserConfig(PretrainedConfig):
         window_overlap=128,
         entity_hidden_size=256,
         use_ser_context=True,
-        context_kind="attention",
+        context_kind=None,
         context_neighbours=16,
         context_heads=4,
         use_token_context=False,
@@ -131,6 +131,10 @@ class XFormParserConfig(PretrainedConfig):
         self.window_overlap = window_overlap
         self.entity_hidden_size = entity_hidden_size
         self.use_ser_context = use_ser_context
+        if context_kind is None:
+            # A saved config (it carries transformers_version) without the key predates neighbour attention:
+            # its weights are Bi-LSTMs. New configs get the current default.
+            context_kind = "bilstm" if "transformers_version" in kwargs else "attention"
         if context_kind not in CONTEXT_KINDS:
             raise ValueError(f"context_kind must be one of {CONTEXT_KINDS}, got {context_kind!r}")
         self.context_kind = context_kind

@@ -286,3 +286,16 @@ def test_neighbour_attention_sees_only_the_k_nearest_entities():
     assert torch.allclose(base[0, :2], after[0, :2], atol=1e-6)
     changed[0, 1] += 3 * torch.randn(16)  # a neighbour: entity 0 must see it
     assert not torch.allclose(base[0, 0], attention(changed, boxes, mask)[0, 0])
+
+
+def test_configs_saved_before_neighbour_attention_keep_their_bilstms(tiny_tokenizer, tmp_path):
+    _, backbone_config = _backbone_config("text-layout", len(tiny_tokenizer))
+    assert XFormParserConfig(backbone_config=backbone_config).context_kind == "attention"
+    saved = XFormParserConfig(backbone_config=backbone_config, context_kind="bilstm").to_dict()
+    saved.pop("context_kind")  # as written by the earlier code
+    old = XFormParserConfig.from_dict(saved)
+    assert old.context_kind == "bilstm"
+    assert isinstance(XFormParserModel(old).entity_context, torch.nn.LSTM)
+    model = XFormParserModel(XFormParserConfig(backbone_config=backbone_config))
+    model.save_pretrained(tmp_path / "new")
+    assert AutoConfig.from_pretrained(tmp_path / "new").context_kind == "attention"
