@@ -390,8 +390,9 @@ def aggregate(report, profile):
         table.append(entry)
     # EPI against its controls at the same ratio (paired by seed)
     contrasts = []
+    ratios_run = sorted({r["ratio"] for r in runs if r["ratio"] is not None})  # --merge may add ratios
     for schedule in sorted({s for s, _ in by}):
-        for ratio in profile["ratios"]:
+        for ratio in ratios_run:
             epi = by.get((schedule, f"epi@{ratio}"), {})
             for other in (f"static@{ratio}", f"random@{ratio}", "full"):
                 control = by.get((schedule, other), {})
@@ -445,7 +446,7 @@ def write_report(report, profile, out_dir):
              f"binary); {profile['steps_per_task']} AdamW steps per task x batch {profile['batch_size']} "
              f"(lr {profile['lr']} constant, no weight decay, max {profile['max_length']} tokens), through "
              f"`MultiTaskTrainer` (`task_schedule` sequential or mixed, the same data and seed for every method). "
-             f"Isolation: ratios {', '.join(map(str, profile['ratios']))} per tensor, fisher importance, EMA 0.9, "
+             f"Isolation: ratios {', '.join(map(str, sorted({r['ratio'] for r in report['runs'] if r['ratio']})))} per tensor, fisher importance, EMA 0.9, "
              f"overlap `freeze`; epi: warmup {profile['warmup_steps']}, refresh every {profile['update_interval']} "
              f"steps, patience {profile['release_patience']}, replay buffer {profile['replay_batches']} batches per "
              f"task; static/random: mask from each task's first {profile['probe_steps']} steps.", "",
