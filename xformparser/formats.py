@@ -97,7 +97,7 @@ def _points_to_box(points, where: str) -> list[float]:
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
-def _split_words(text: str, box: list[float]) -> list[Word]:
+def split_words_by_characters(text: str, box: list[float]) -> list[Word]:
     """Approximate word boxes for formats without them: split the line box by character count."""
     tokens = text.split()
     if not tokens:
@@ -146,7 +146,7 @@ def _parse_entity(record, where: str, points_key: str | None = None) -> tuple[En
                 raise DataFormatError(f"{where}: every word needs a 'text' string and a 'box'")
             words.append(Word(word["text"], _as_box(word.get("box"), where)))
     else:
-        words = _split_words(text, box)
+        words = split_words_by_characters(text, box)
     linking = record.get("linking", []) or []
     if not isinstance(linking, list) or any(
         not isinstance(pair, (list, tuple)) or len(pair) != 2 for pair in linking

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xformparser.formats import split_words_by_characters
+
 OCR_ENGINES = ("rapidocr", "tesseract")
 
 
@@ -77,18 +79,7 @@ def union_box(boxes) -> list[float]:
 
 def split_line_into_words(text: str, box: list[float], score: float = 1.0) -> list[OcrWord]:
     """Word boxes estimated by splitting the line box in proportion to character counts."""
-    tokens = text.split()
-    if not tokens:
-        return []
-    total = sum(len(t) for t in tokens) + len(tokens) - 1
-    x0, y0, x1, y1 = box
-    per_char = (x1 - x0) / max(total, 1)
-    words, cursor = [], x0
-    for token in tokens:
-        end = cursor + per_char * len(token)
-        words.append(OcrWord(token, [cursor, y0, end, y1], score))
-        cursor = end + per_char
-    return words
+    return [OcrWord(word.text, word.box, score) for word in split_words_by_characters(text, box)]
 
 
 def align_pieces_to_words(text: str, pieces: list[OcrWord]) -> list[OcrWord]:

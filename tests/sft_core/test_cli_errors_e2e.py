@@ -7,18 +7,8 @@ import pytest
 import torch
 
 from sft_core.cli import main
-from sft_core.testing import tiny_causal_lm
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-lm")
-    model, tokenizer = tiny_causal_lm()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture()
