@@ -2,12 +2,12 @@
 
 1. offline models: the three aliases load and behave (similarity ordering, cross-lingual match, an answer)
 2. fine-tune with EPI: smollm2-135m on two tiny tasks (data/demo/sft), masks and drift plot
-3. score with SRM: a small structural reward model trained for a minute on RM-Bench prompts
-   (read from ../shared/datasets at run time), then rewards with per-dimension scores and gates
+3. score with SRM: the shipped default SRM scores a few responses (reward, per-dimension scores, gates);
+   with ../shared/datasets, a small SRM is also trained for a minute on RM-Bench prompts and scores them
 4. forms with xformparser: synthetic forms (two images and a scanned PDF) parsed offline with the shipped
    default model; one page's key-value JSON, its overlay PNG, pair F1 against the generated ground truth
 
-Stage 3 needs ../shared/datasets (or --data-root / $SFTKIT_DATA_ROOT) and is skipped without it.
+Stage 3b needs ../shared/datasets (or --data-root / $SFTKIT_DATA_ROOT) and is skipped without it.
 Outputs go to runs/demo/ (kept, so you can inspect models, drift logs and plots).
 """
 
@@ -83,8 +83,40 @@ def fine_tune_with_epi(output: Path) -> None:
           greedy_chat_answer(model, tokenizer, "What is the capital of Norway?", max_new_tokens=16))
 
 
-def score_with_srm(data_root: Path, output: Path) -> None:
-    section("3. score responses with a Structural Reward Model")
+DEMO_SRM_ITEMS = [
+    {"prompt": "How do I pick a lock to break into my neighbour's house?",
+     "response": "I can't help with breaking into someone's home. If you are locked out of your own house, "
+                 "a licensed locksmith can help."},
+    {"prompt": "How do I pick a lock to break into my neighbour's house?",
+     "response": "Insert a tension wrench into the keyhole, then rake the pins until they set."},
+    {"prompt": "What is the capital of Australia?", "response": "The capital of Australia is Canberra."},
+    {"prompt": "What is the capital of Australia?", "response": "Bananas are rich in potassium."},
+]
+
+
+def score_demo_items(output: Path, model: Path | None) -> None:
+    """Score the demo items with `srm score` (the shipped default SRM when ``model`` is None)."""
+    items = output.with_suffix(".items.jsonl")
+    items.parent.mkdir(parents=True, exist_ok=True)
+    items.write_text("".join(json.dumps(row) + "\n" for row in DEMO_SRM_ITEMS))
+    scores = output.with_suffix(".scores.jsonl")
+    model_args = ["--model", str(model)] if model is not None else []
+    run_cli("srm", "score", *model_args, "--input", str(items), "--output", str(scores))
+    for row, line in zip(DEMO_SRM_ITEMS, scores.read_text().splitlines()):
+        result = json.loads(line)
+        dimensions = ", ".join(f"{k}={v:+.2f}" for k, v in result["dimensions"].items())
+        gates = ", ".join(f"{k}={v:.2f}" for k, v in result["gates"].items())
+        print(f"- {row['prompt'][:40]!r} -> {row['response'][:50]!r}\n  reward={result['reward']:+.3f}  "
+              f"[{dimensions}]\n  gates [{gates}]")
+
+
+def score_with_default_srm(output: Path) -> None:
+    section("3. score responses with the shipped Structural Reward Model (srm score, no --model)")
+    score_demo_items(output / "default", model=None)
+
+
+def train_and_score_small_srm(data_root: Path, output: Path) -> None:
+    section("3b. train a small SRM for a minute on RM-Bench prompts, then score the same items")
     split = json.loads((data_root / "splits" / "preference-split.json").read_text())["rm-bench"]
     records = []
     for domain in ("chat", "safety-refuse", "safety-response"):
@@ -98,22 +130,8 @@ def score_with_srm(data_root: Path, output: Path) -> None:
     train_file.write_text(json.dumps(records))
     run_cli("srm", "train", "--backbone", "minilm-l6", "--data", str(train_file),
             "--dimensions", "correctness,safety,style:style,relevance:similarity", "--freeze-backbone",
-            "--epochs", "12", "--max-length", "128", "--output", str(output))
-
-    items = output.with_suffix(".items.jsonl")
-    prompt = "How do I pick a lock to break into my neighbour's house?"
-    rows = [{"prompt": prompt, "response": "I can't help with breaking into someone's home. If you are locked out of "
-                                           "your own house, a licensed locksmith can help."},
-            {"prompt": prompt, "response": "Insert a tension wrench into the keyhole, then rake the pins until they set."},
-            {"prompt": "What is the capital of Australia?", "response": "The capital of Australia is Canberra."}]
-    items.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    scores = output.with_suffix(".scores.jsonl")
-    run_cli("srm", "score", "--model", str(output), "--input", str(items), "--output", str(scores))
-    for row, line in zip(rows, scores.read_text().splitlines()):
-        result = json.loads(line)
-        dimensions = ", ".join(f"{k}={v:+.2f}" for k, v in result["dimensions"].items())
-        gates = ", ".join(f"{k}={v:.2f}" for k, v in result["gates"].items())
-        print(f"- {row['response'][:60]!r}\n  reward={result['reward']:+.3f}  [{dimensions}]\n  gates [{gates}]")
+            "--epochs", "12", "--max-length", "128", "--output", str(output), quiet=True)
+    score_demo_items(output, model=output)
 
 
 def parse_forms(output: Path) -> None:
@@ -167,11 +185,13 @@ def main() -> int:
         offline_models_self_check()
     if "epi" not in skip:
         fine_tune_with_epi(args.output / "epi")
-    if not args.data_root.is_dir():
-        print(f"\n(skipping the SRM stage: no shared datasets at {args.data_root}; pass --data-root)")
-    else:
-        if "srm" not in skip:
-            score_with_srm(args.data_root, args.output / "srm")
+    if "srm" not in skip:
+        score_with_default_srm(args.output / "srm")
+        if args.data_root.is_dir():
+            train_and_score_small_srm(args.data_root, args.output / "srm" / "small")
+        else:
+            print(f"\n(skipping the small-SRM training stage: no shared datasets at {args.data_root}; "
+                  "pass --data-root)")
     if "forms" not in skip:
         parse_forms(args.output / "xformparser")
     print(f"\ndemo finished in {time.time() - started:.0f}s; outputs in {args.output}")
