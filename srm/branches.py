@@ -46,6 +46,19 @@ class FeatureBranch:
         raise NotImplementedError
 
 
+class ModelFeatureBranch(FeatureBranch):
+    """A feature branch that runs a model of its own (similarity encoder, causal LM) in batches."""
+
+    def __init__(self, model, tokenizer, max_length: int, batch_size: int, name: str = "",
+                 show_progress: bool = False):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.show_progress = show_progress
+
+
 # ---------------------------------------------------------------------------------------------------------
 # style: deterministic text statistics
 # ---------------------------------------------------------------------------------------------------------
@@ -127,7 +140,7 @@ def restore_order(rows: torch.Tensor, order: list[int]) -> torch.Tensor:
     return out
 
 
-class SimilarityBranch(FeatureBranch):
+class SimilarityBranch(ModelFeatureBranch):
     """Cosine similarity of mean-pooled, normalized prompt and response embeddings from a *separate* embedding
     model, plus their element-wise product. Only used when the similarity model differs from the SRM's backbone;
     by default the SRM reuses its own encoder instead (``SharedSimilarityScorer``: no second model, no extra
@@ -138,12 +151,7 @@ class SimilarityBranch(FeatureBranch):
 
     def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 32, name: str = "",
                  show_progress: bool = False):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        self.show_progress = show_progress
+        super().__init__(model, tokenizer, max_length, batch_size, name, show_progress)
         self.feature_size = int(model.config.hidden_size) + 1
 
     @property
@@ -183,7 +191,7 @@ LIKELIHOOD_FEATURE_NAMES = ("mean_logprob", "std_logprob", "min_logprob", "low_p
                             "log_tokens")
 
 
-class LikelihoodBranch(FeatureBranch):
+class LikelihoodBranch(ModelFeatureBranch):
     """Length-normalized log-likelihood of the response given the (chat-templated) prompt, plus its spread,
     the share of surprising tokens and the mean predictive entropy."""
 
@@ -193,13 +201,8 @@ class LikelihoodBranch(FeatureBranch):
 
     def __init__(self, model, tokenizer, max_length: int = 256, max_prompt_length: int = 128, batch_size: int = 8,
                  name: str = "", show_progress: bool = False):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        super().__init__(model, tokenizer, max_length, batch_size, name, show_progress)
         self.max_prompt_length = max_prompt_length
-        self.batch_size = batch_size
-        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        self.show_progress = show_progress
 
     @property
     def cache_key(self) -> str:
@@ -263,7 +266,7 @@ JUDGE_QUESTION = ("Here is a user request and a response.\n\nRequest:\n{prompt}\
 JUDGE_FEATURE_NAMES = ("yes_minus_no_logprob", "yes_logprob")
 
 
-class JudgeBranch(FeatureBranch):
+class JudgeBranch(ModelFeatureBranch):
     """A cheap LM judge: the chat-templated verification question :data:`JUDGE_QUESTION`, one forward pass, and
     the next-token log-probabilities of "Yes" and "No" (no generation). Features: ``log P(Yes) - log P(No)``
     (the monotone signal) and ``log P(Yes)``. Prompt and response are cut head+tail to fit ``max_length``."""
@@ -274,12 +277,7 @@ class JudgeBranch(FeatureBranch):
 
     def __init__(self, model, tokenizer, max_length: int = 384, batch_size: int = 8, name: str = "",
                  show_progress: bool = False):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        self.show_progress = show_progress
+        super().__init__(model, tokenizer, max_length, batch_size, name, show_progress)
         self.yes_ids = self._answer_ids(("Yes", " Yes", "yes"))
         self.no_ids = self._answer_ids(("No", " No", "no"))
 
