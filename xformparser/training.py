@@ -65,6 +65,7 @@ class TrainingOptions:
     epi_options: dict = field(default_factory=dict)  # EPIConfig overrides
     logging_steps: int = 10
     show_progress: bool = True
+    device: str | None = None  # "cpu" or "cuda"; None: cuda when torch sees one
 
 
 class SoftLabelScheduleCallback(TrainerCallback):
@@ -209,6 +210,10 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
 
     if options.tuner not in TUNERS:
         raise ValueError(f"tuner must be one of {TUNERS}, got {options.tuner!r}")
+    if options.device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or None, got {options.device!r}")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for but torch sees no CUDA device")
     started = time.time()
     # Resolved first: a wrong --resume fails before any data or model is loaded.
     resume_mode = {True: "latest", False: None}.get(options.resume, options.resume)  # bool: older callers
@@ -245,7 +250,7 @@ def train_parser(options: TrainingOptions, train_documents=None, eval_documents=
         logging_steps=options.logging_steps, save_strategy="epoch", eval_strategy="epoch" if has_eval else "no",
         load_best_model_at_end=has_eval, metric_for_best_model="f1" if has_eval else None,
         greater_is_better=True, save_total_limit=2, remove_unused_columns=False, report_to=[],
-        disable_tqdm=not options.show_progress, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not options.show_progress, use_cpu=options.device == "cpu" or not torch.cuda.is_available(),
         dataloader_num_workers=0, task_schedule="mixed", tuner=options.tuner,
     )
     epi_config = EPIConfig(method=options.tuner, **options.epi_options)
