@@ -104,6 +104,8 @@ ABLATIONS = {
     "no_re_context": ({"use_bilstm": False},
                       "no entity context before the RE head/tail MLPs (`--no-bilstm`; the context is neighbour "
                       "attention in the current model, the Bi-LSTM in the earlier protocol)"),
+    "no_ser_context": ({"use_ser_context": False},
+                       "no entity context before the SER MLP (each entity labelled from its own tokens and box)"),
     "no_label_embedding": ({"use_label_embedding": False}, "no SER label embedding in the RE input (`--no-label-embedding`)"),
     "no_geometric_features": ({"use_geometric_features": False}, "no geometric pair features (`--no-geometric-features`)"),
 }

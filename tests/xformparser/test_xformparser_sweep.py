@@ -155,3 +155,40 @@ def test_training_device_option_is_checked_before_any_work(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             train_parser(TrainingOptions(train_path="unused", output_dir=str(tmp_path), device="cuda"))
+
+
+def _grid_model_options():
+    spec = importlib.util.spec_from_file_location("xformparser_sweep_options", SWEEP_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    sys.modules.pop(spec.name, None)
+    return {**{k: v[0] for k, v in module.ABLATIONS.items()}, **{k: v[0] for k, v in module.VARIANTS.items()}}
+
+
+@pytest.mark.parametrize("name,options", sorted(_grid_model_options().items()))
+def test_every_grid_model_option_trains_and_predicts(name, options, tiny_tokenizer, funsd_folder):
+    """Each ablation / variant of the GPU grid builds, takes a training step and decodes (tiny encoder)."""
+    import torch
+    from transformers import BertConfig
+
+    from xformparser import FormParser, XFormParserConfig, XFormParserModel, load_documents
+    from xformparser.features import XFormParserCollator, encode_document
+
+    backbone = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=64).to_dict()
+    config = XFormParserConfig(backbone_config=backbone, window_size=24, window_overlap=6, entity_hidden_size=32,
+                               lstm_hidden_size=16, re_hidden_size=16, label_embedding_size=8,
+                               token_context_size=16, **options)
+    torch.manual_seed(0)
+    model = XFormParserModel(config)
+    documents = load_documents(funsd_folder)[:2]
+    encoded = [encode_document(d, tiny_tokenizer, config.labels, config.key_labels, config.value_labels) for d in documents]
+    batch = XFormParserCollator(tiny_tokenizer, config.window_size, config.window_overlap)(encoded)
+    model.train()
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    report = FormParser(model, tiny_tokenizer).evaluate(documents)
+    assert 0.0 <= report["ser"]["micro"]["f1"] <= 1.0 and "line_splitting" in report
