@@ -114,6 +114,8 @@ VARIANTS = {
     "token_bilstm": ({"use_token_context": True}, "with the token Bi-LSTM feeding the BIO head"),
     "bilstm_context": ({"context_kind": "bilstm"}, "Bi-LSTM over entities in reading order instead of neighbour attention"),
     "bio_weight_1": ({"bio_loss_weight": 1.0}, "token BIO loss weight 1.0 (recipe: 0.5)"),
+    "frozen_bottom2": ({"frozen_layers": 2}, "embeddings + bottom 2 encoder layers frozen (layout added at layer 2, "
+                                             "at the head lr), as in the earlier best run"),
 }
 GRIDS = ("gpu", "smoke")
 

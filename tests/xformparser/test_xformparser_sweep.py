@@ -175,7 +175,7 @@ def test_every_grid_model_option_trains_and_predicts(name, options, tiny_tokeniz
     from xformparser import FormParser, XFormParserConfig, XFormParserModel, load_documents
     from xformparser.features import XFormParserCollator, encode_document
 
-    backbone = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    backbone = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                           intermediate_size=64, max_position_embeddings=64).to_dict()
     config = XFormParserConfig(backbone_config=backbone, window_size=24, window_overlap=6, entity_hidden_size=32,
                                lstm_hidden_size=16, re_hidden_size=16, label_embedding_size=8,
@@ -189,6 +189,6 @@ def test_every_grid_model_option_trains_and_predicts(name, options, tiny_tokeniz
     loss = model(**batch).loss
     assert torch.isfinite(loss)
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
     report = FormParser(model, tiny_tokenizer).evaluate(documents)
     assert 0.0 <= report["ser"]["micro"]["f1"] <= 1.0 and "line_splitting" in report
