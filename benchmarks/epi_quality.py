@@ -55,7 +55,7 @@ PROFILES = {
                  release_patience=2, replay_batches=2, kind="encoder", report_name="epi_quality_fast"),
     # the smollm2-135m profile of the issue, sized for one GPU (all 30 blocks and the embeddings trainable)
     "quality": dict(model="smollm2-135m", tasks=("sst2", "agnews", "gsm8k"), steps_per_task=120, batch_size=8,
-                    lr=3e-5, max_length=384, eval_per_task=200, probe_pairs=100, seeds=(0, 1, 2), frozen_blocks=0,
+                    lr=5e-5, max_length=384, eval_per_task=200, probe_pairs=100, seeds=(0, 1, 2), frozen_blocks=0,
                     ratios=(0.1, 0.2, 0.5), summary_ratio=0.2, warmup_steps=10, update_interval=20, probe_steps=10,
                     release_patience=2, replay_batches=2, eval_batch_size=16, kind="lm", report_name="epi_quality"),
     # the same code path on the real smollm2 weights with a tiny budget (CPU smoke test)

@@ -21,10 +21,10 @@ timeout $HARD python3 benchmarks/epi_quality.py --profile fast --model-path /tmp
   --work-dir /tmp/w/epi_fast > "$OUT/epi_fast.log" 2>&1 &
 PIDS+=($!)
 if [ -n "${PARSER_COMMAND:-}" ]; then
-  timeout $HARD bash -c "$PARSER_COMMAND" > "$OUT/parser.log" 2>&1 &
+  timeout $HARD bash -c "$PARSER_COMMAND" > /tmp/w/parser.log 2>&1 &
   PIDS+=($!)
 fi
 ( for i in $(seq 1 $((HARD / 60))); do sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) >> "$OUT/epi_fast.log" 2>&1 &
 wait "${PIDS[@]}"
-[ -n "${PARSER_RESULT:-}" ] && [ -e "$PARSER_RESULT" ] && cp "$PARSER_RESULT" "$OUT/"
+[ -e /tmp/w/parser.log ] && { echo "== parser stdout/stderr (tail)"; tail -n 40 /tmp/w/parser.log; } >> "$OUT/epi_fast.log"
 ls -la "$OUT"
