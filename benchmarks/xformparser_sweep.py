@@ -497,6 +497,13 @@ def run_sweep(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
+    for package in ("seqeval.metrics", "datasets", "accelerate"):  # needed by training/scoring: fail before any worker starts
+        try:
+            __import__(package)
+        except Exception as error:  # noqa: BLE001 - ImportError or a broken install: say which package
+            print(f"error: python package {package.split('.')[0]!r} cannot be imported ({type(error).__name__}: {error}); "
+                  "the trainer and the metrics need it", file=sys.stderr)
+            return 2
     backbone = resolve_model(args.backbone)  # an alias or a local HF model directory; fails here with one line
     if not all((Path(args.data_root) / "funsd" / split).is_dir() for split in ("training_data", "testing_data")):
         print(f"error: FUNSD not found under {args.data_root}/funsd (use --data-root)", file=sys.stderr)
