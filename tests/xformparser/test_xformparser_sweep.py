@@ -192,3 +192,27 @@ def test_every_grid_model_option_trains_and_predicts(name, options, tiny_tokeniz
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
     report = FormParser(model, tiny_tokenizer).evaluate(documents)
     assert 0.0 <= report["ser"]["micro"]["f1"] <= 1.0 and "line_splitting" in report
+
+
+@pytest.mark.parametrize("frozen_layers", [0, 2])
+def test_batched_padded_encoding_equals_per_form_encoding(frozen_layers):
+    """On an accelerator the text-layout backbone encodes a padded batch with an attention mask (on CPU it
+    runs form by form, unpadded): both paths give the same states for the real tokens."""
+    import torch
+    from transformers import BertConfig
+
+    from xformparser.backbones import TextLayoutBackbone
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    backbone = TextLayoutBackbone(config, frozen_layers=frozen_layers).eval()
+    lengths = [12, 7]
+    input_ids = torch.randint(5, 50, (2, 12))
+    bbox = torch.sort(torch.randint(0, 1000, (2, 12, 4)), dim=-1).values  # x0 <= y0 <= x1 <= y1: valid boxes
+    attention_mask = (torch.arange(12)[None] < torch.tensor(lengths)[:, None]).long()
+    with torch.no_grad():
+        batched = backbone._encode(input_ids, bbox, attention_mask)  # the accelerator path
+        per_form = backbone(input_ids, bbox, attention_mask)  # the CPU path
+    for row, length in enumerate(lengths):
+        assert torch.allclose(batched[row, :length], per_form[row, :length], atol=1e-5)
