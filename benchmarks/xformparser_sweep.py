@@ -264,6 +264,26 @@ def config_table(runs: list[dict]) -> list[dict]:
     return rows
 
 
+CLI_FLAGS = {  # model option -> `xformparser train` flag that sets it (value -> flag text)
+    "use_bilstm": lambda v: "" if v else "--no-bilstm",
+    "use_label_embedding": lambda v: "" if v else "--no-label-embedding",
+    "use_geometric_features": lambda v: "" if v else "--no-geometric-features",
+    "use_ser_context": lambda v: "" if v else "--no-ser-context",
+    "use_token_context": lambda v: "--token-context" if v else "",
+    "context_kind": lambda v: f"--context-kind {v}",
+    "bio_loss_weight": lambda v: f"--bio-loss-weight {v:g}",
+    "frozen_layers": lambda v: f"--frozen-layers {v}",
+}
+
+
+def train_command(config: dict) -> str:
+    """The `xformparser train` command line with a configuration's settings (data paths as placeholders)."""
+    flags = [CLI_FLAGS[key](value) for key, value in sorted(config.get("model_options", {}).items())]
+    steps = f" --max-steps {config['max_steps']}" if config.get("max_steps", -1) > 0 else ""
+    return (f"xformparser train --train TRAIN --eval DEV --output MODEL_DIR --epochs {config['epochs']:g}{steps} "
+            f"--lr {config['encoder_lr']:g} --head-lr {config['head_lr']:g}" + "".join(f" {f}" for f in flags if f))
+
+
 def select_recipe(runs: list[dict]) -> dict | None:
     """The configuration with the highest mean dev score among those with the most finished seeds
     (test scores play no part). Returns its config-table row plus how it was chosen."""
@@ -273,6 +293,7 @@ def select_recipe(runs: list[dict]) -> dict | None:
     most = max(len(row["seeds"]) for row in rows)
     candidates = [row for row in rows if len(row["seeds"]) == most]
     best = max(candidates, key=lambda row: row["dev_score"]["mean"])
+    best["train_command"] = train_command(best)
     return {**best, "selection": f"highest mean dev score (mean of SER micro-F1 and end-to-end RE F1 on the 15 dev "
                                  f"forms) among the {len(candidates)} configurations with {most} finished seeds"}
 
@@ -646,7 +667,7 @@ def render_markdown(sweep: dict) -> str:
     if selected:
         lines += ["## Dev-selected recipe", "", f"**{selected['config']}** ({selected['selection']}); seeds "
                   f"{selected['seeds']}; encoder lr {selected['encoder_lr']:g}, epochs {selected['epochs']:g}, model "
-                  f"options {json.dumps(selected['model_options'])}.", "",
+                  f"options {json.dumps(selected['model_options'])}: `{selected['train_command']}`.", "",
                   "| metric (test) | mean | std | target (issue 11) |", "|---|---|---|---|"]
         for metric in (*METRICS, *EXTRA_METRICS):
             values = selected["test"][metric]

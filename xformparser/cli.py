@@ -49,6 +49,13 @@ def _add_train_parser(subparsers) -> None:
     parser.add_argument("--no-bilstm", action="store_true")
     parser.add_argument("--no-label-embedding", action="store_true")
     parser.add_argument("--no-geometric-features", action="store_true")
+    parser.add_argument("--no-ser-context", action="store_true",
+                        help="label each entity from its own tokens and box (no neighbour context before the SER head)")
+    parser.add_argument("--token-context", action="store_true", help="token Bi-LSTM feeding the BIO tagging head")
+    parser.add_argument("--context-kind", choices=("attention", "bilstm"), default="attention",
+                        help="entity context: neighbour attention, or a Bi-LSTM over entities in reading order")
+    parser.add_argument("--bio-loss-weight", type=float, help="weight of the token BIO loss (default: the model config's, 0.5)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when torch sees one")
     parser.add_argument("--epochs", type=float, default=TrainingOptions.epochs)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--batch-size", type=int, default=2)
@@ -107,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_model_options(args) -> dict:
+    """XFormParserConfig overrides from the train flags."""
+    options = {"use_image_branch": args.image_branch, "use_bilstm": not args.no_bilstm,
+               "use_label_embedding": not args.no_label_embedding,
+               "use_geometric_features": not args.no_geometric_features,
+               "use_ser_context": not args.no_ser_context, "use_token_context": args.token_context,
+               "context_kind": args.context_kind,
+               "window_size": args.window_size, "window_overlap": args.window_overlap,
+               "frozen_layers": args.frozen_layers}
+    if args.bio_loss_weight is not None:
+        options["bio_loss_weight"] = args.bio_loss_weight
+    return options
+
+
 def run_train(args) -> int:
     import torch
 
@@ -114,17 +135,13 @@ def run_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_options = {"use_image_branch": args.image_branch, "use_bilstm": not args.no_bilstm,
-                     "use_label_embedding": not args.no_label_embedding,
-                     "use_geometric_features": not args.no_geometric_features,
-                     "window_size": args.window_size, "window_overlap": args.window_overlap,
-                     "frozen_layers": args.frozen_layers}
+    model_options = train_model_options(args)
     options = TrainingOptions(
         train_path=_resolve_data_path(args.train, args.data_root), eval_path=_resolve_data_path(args.eval, args.data_root),
         output_dir=args.output, backbone=args.backbone, data_format=args.format, tuner=args.tuner,
         epi_tasks=args.epi_tasks, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.lr, head_learning_rate=args.head_lr, layout_learning_rate=args.layout_lr, seed=args.seed,
-        resume=args.resume,
+        resume=args.resume, device=args.device,
         key_labels=_labels(args.key_labels), value_labels=_labels(args.value_labels), model_options=model_options,
     )
     # Logs (the Trainer prints its metric dicts to stdout) go to stderr: stdout is the JSON summary only.

@@ -216,3 +216,20 @@ def test_batched_padded_encoding_equals_per_form_encoding(frozen_layers):
         per_form = backbone(input_ids, bbox, attention_mask)  # the CPU path
     for row, length in enumerate(lengths):
         assert torch.allclose(batched[row, :length], per_form[row, :length], atol=1e-5)
+
+
+def test_every_grid_configuration_is_reproducible_with_the_train_cli(sweep):
+    import argparse
+    import shlex
+
+    from xformparser.cli import build_parser, train_model_options
+
+    parser = build_parser()
+    for spec in sweep.build_grid("gpu"):
+        config = sweep.asdict(spec.config)
+        argv = shlex.split(sweep.train_command(config))[1:]
+        args = parser.parse_args(argv)
+        assert isinstance(args, argparse.Namespace) and (args.epochs, args.lr) == (config["epochs"], config["encoder_lr"])
+        options = train_model_options(args)
+        for key, value in config["model_options"].items():
+            assert options[key] == value, (spec.name, key)
