@@ -101,7 +101,9 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def summarize(runs: list[dict], speed: dict | None) -> dict:
-    runs = [run for run in runs if run.get("variant", "head") == DEFAULT_VARIANT]  # the recipe's runs only
+    # the recipe's runs only: layout embeddings at the encoder lr, and the recipe's epochs
+    runs = [run for run in runs if run.get("variant", "head") == DEFAULT_VARIANT
+            and abs((run["budget"].get("epochs") or 0) - RECIPE["epochs"]) < 0.01]
     if not runs:
         return {}
     summary = {metric: round(statistics.mean(run["scores"][metric] for run in runs), 4) for metric in METRICS}
@@ -129,7 +131,10 @@ def render_markdown(payload: dict) -> str:
     summary, spread = payload.get("summary", {}), payload.get("summary", {}).get("spread", {})
     lines = ["# xformparser on FUNSD (test set, 50 forms, gold entity boxes)", "",
              f"Machine: {payload['machine']}  ", f"Protocol: {payload['protocol']}  ",
-             f"Recipe (the default of `xformparser train`): {json.dumps(payload['recipe'])}", "",
+             (f"Recipe of this script's CPU runs: {json.dumps(payload['recipe'])}  " if summary.get("source") == "xformparser_sweep"
+              else f"Recipe (the default of `xformparser train`): {json.dumps(payload['recipe'])}"),
+             *([f"Default of `xformparser train` (dev-selected in the sweep, xformparser_sweep.md): "
+                f"{json.dumps(summary.get('recipe'))}"] if summary.get("source") == "xformparser_sweep" else []), "",
              "Commands:", "", *[f"- `{command}`" for command in payload.get("commands", [])], "",
              "## Summary (mean over seeds)", ""]
     if summary.get("source") == "xformparser_sweep":

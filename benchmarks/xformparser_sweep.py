@@ -724,10 +724,12 @@ def summary_for_funsd(sweep: dict, previous_summary: dict) -> dict:
     return summary
 
 
-def publish_report(sweep_path, results_dir, argv) -> dict:
+def publish_report(sweep_path, results_dir, argv, notes=()) -> dict:
     from sft_core.atomic_io import atomic_write_json, atomic_write_text
 
     sweep = json.loads(Path(sweep_path).read_text())
+    if notes:
+        sweep["notes"] = list(notes)
     sweep["selected"] = select_recipe(sweep["runs"])  # recomputed: the selection rule lives here
     if not sweep["selected"]:
         raise ValueError(f"{sweep_path}: no finished runs to report")
@@ -777,6 +779,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-models", action="store_true")
     parser.add_argument("--report", metavar="SWEEP_JSON", help="publish a finished sweep into --results-dir and exit")
     parser.add_argument("--results-dir", default=str(PROJECT_ROOT / "docs" / "results"))
+    parser.add_argument("--note", action="append", default=[], help="with --report: a note for the results (repeatable)")
     args = parser.parse_args(argv)
     args.argv = argv
     if args.jobs < 1 or args.threads_per_job < 1:
@@ -785,7 +788,7 @@ def main(argv=None) -> int:
         if not Path(args.report).is_file():
             print(f"error: --report {args.report}: no such file", file=sys.stderr)
             return 2
-        selected = publish_report(args.report, args.results_dir, argv)
+        selected = publish_report(args.report, args.results_dir, argv, args.note)
         print(json.dumps({"selected": selected["config"], "seeds": selected["seeds"],
                           "test": {m: selected["test"][m] for m in METRICS}}, indent=1))
         return 0
