@@ -661,7 +661,11 @@ def render_markdown(sweep: dict) -> str:
              "Protocol: FUNSD train 134 (+ synthetic) / dev 15 (best epoch by dev mean(SER micro-F1, end-to-end RE F1)) "
              "/ test 50. Backbone minilm-l6, whole encoder fine-tuned (word embeddings frozen), batch 2 forms, AdamW, "
              "linear decay, warm-up 10%, head lr 1e-3, layout embeddings at the encoder lr.", "",
-             f"Command: `{sweep['command']}`", ""]
+             *([f"Command: `{sweep['command']}`"] if not sweep.get("parts") else
+               ["Commands (the sweep ran in parts, merged here):", ""] +
+               [f"- `{part['command']}` ({part['time_budget_seconds']:.0f} s budget, {part['elapsed_seconds']:.0f} s used, "
+                f"{part['jobs']} runs at a time, {part['machine'].get('gpu', part['machine']['device'])})"
+                for part in sweep["parts"]]), ""]
     if sweep.get("report_command"):
         lines += [f"Published with: `{sweep['report_command']}`", ""]
     if selected:
@@ -724,15 +728,48 @@ def summary_for_funsd(sweep: dict, previous_summary: dict) -> dict:
     return summary
 
 
-def publish_report(sweep_path, results_dir, argv, notes=()) -> dict:
+PART_KEYS = ("command", "started_utc", "time_budget_seconds", "elapsed_seconds", "jobs", "threads_per_job", "machine")
+
+
+def merge_sweeps(sweeps: list[dict]) -> dict:
+    """One sweep from several runs of the script (e.g. a second run with ``--only``): runs, failures and
+    queues are joined, budgets and elapsed times added; each part's command and machine are kept."""
+    if len(sweeps) == 1:
+        return sweeps[0]
+    merged = dict(sweeps[0])
+    merged["parts"] = [{key: sweep.get(key) for key in PART_KEYS} for sweep in sweeps]
+    merged["runs"] = [run for sweep in sweeps for run in sweep["runs"]]
+    names = [run["name"] for run in merged["runs"]]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"runs {duplicates} finished in more than one of the merged sweeps")
+    finished = set(names)
+    merged["failed"] = [f for sweep in sweeps for f in sweep["failed"] if f["name"] not in finished]
+    merged["unfinished"] = [n for sweep in sweeps for n in sweep["unfinished"] if n not in finished]
+    not_started = {}
+    for sweep in sweeps:
+        for item in sweep["not_started"]:
+            if item["name"] not in finished:
+                not_started[item["name"]] = item
+    merged["not_started"] = list(not_started.values())
+    merged["queue"] = list(dict.fromkeys(name for sweep in sweeps for name in sweep["queue"]))
+    merged["time_budget_seconds"] = sum(sweep["time_budget_seconds"] for sweep in sweeps)
+    merged["elapsed_seconds"] = sum(sweep["elapsed_seconds"] for sweep in sweeps)
+    merged["command"] = " ; ".join(sweep["command"] for sweep in sweeps)
+    return merged
+
+
+def publish_report(sweep_paths, results_dir, argv, notes=()) -> dict:
     from sft_core.atomic_io import atomic_write_json, atomic_write_text
 
-    sweep = json.loads(Path(sweep_path).read_text())
+    if isinstance(sweep_paths, (str, Path)):
+        sweep_paths = [sweep_paths]
+    sweep = merge_sweeps([json.loads(Path(path).read_text()) for path in sweep_paths])
     if notes:
         sweep["notes"] = list(notes)
     sweep["selected"] = select_recipe(sweep["runs"])  # recomputed: the selection rule lives here
     if not sweep["selected"]:
-        raise ValueError(f"{sweep_path}: no finished runs to report")
+        raise ValueError(f"{', '.join(map(str, sweep_paths))}: no finished runs to report")
     sweep["report_command"] = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/xformparser_sweep.py", *argv])
     results_dir = Path(results_dir)
     atomic_write_json(results_dir / "xformparser_sweep.json", sweep)
@@ -777,7 +814,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-epoch-seconds", type=float, help="duration estimate per epoch before any run finished")
     parser.add_argument("--only", help="comma-separated run or configuration names of the grid to run")
     parser.add_argument("--keep-models", action="store_true")
-    parser.add_argument("--report", metavar="SWEEP_JSON", help="publish a finished sweep into --results-dir and exit")
+    parser.add_argument("--report", metavar="SWEEP_JSON", action="append",
+                        help="publish a finished sweep into --results-dir and exit; repeat to merge several runs")
     parser.add_argument("--results-dir", default=str(PROJECT_ROOT / "docs" / "results"))
     parser.add_argument("--note", action="append", default=[], help="with --report: a note for the results (repeatable)")
     args = parser.parse_args(argv)
@@ -785,9 +823,10 @@ def main(argv=None) -> int:
     if args.jobs < 1 or args.threads_per_job < 1:
         parser.error("--jobs and --threads-per-job must be at least 1")
     if args.report:
-        if not Path(args.report).is_file():
-            print(f"error: --report {args.report}: no such file", file=sys.stderr)
-            return 2
+        for path in args.report:
+            if not Path(path).is_file():
+                print(f"error: --report {path}: no such file", file=sys.stderr)
+                return 2
         selected = publish_report(args.report, args.results_dir, argv, args.note)
         print(json.dumps({"selected": selected["config"], "seeds": selected["seeds"],
                           "test": {m: selected["test"][m] for m in METRICS}}, indent=1))

@@ -233,3 +233,33 @@ def test_every_grid_configuration_is_reproducible_with_the_train_cli(sweep):
         options = train_model_options(args)
         for key, value in config["model_options"].items():
             assert options[key] == value, (spec.name, key)
+
+
+def test_report_merges_a_second_sweep_run(sweep, tmp_path):
+    specs = sweep.build_grid("gpu")
+    machine = {"device": "cuda", "gpu": "Test GPU", "gpu_memory_gib": 1.0, "cpu_count": 16, "torch": "2"}
+
+    def part(runs, not_started, command):
+        return {"grid": "gpu", "command": command, "time_budget_seconds": 100, "elapsed_seconds": 90, "jobs": 2,
+                "threads_per_job": 1, "queue": [s.name for s in specs], "machine": machine, "runs": runs, "failed": [],
+                "unfinished": [], "not_started": [{"name": n, "reason": "budget"} for n in not_started],
+                "data_counts": {}, "started_utc": "t"}
+
+    ablation = next(s for s in specs if s.config.group == "ablation")
+    first = part([_record(sweep, s, 0.6) for s in specs[:3]], [ablation.name, specs[3].name], "python a")
+    second = part([_record(sweep, ablation, 0.5)], [], "python b --only x")
+    paths = []
+    for index, payload in enumerate((first, second)):
+        paths.append(tmp_path / f"sweep{index}.json")
+        paths[-1].write_text(json.dumps(payload))
+    results = tmp_path / "results"
+    results.mkdir()
+    selected = sweep.publish_report(paths, results, ["--report", "a", "--report", "b"])
+    merged = json.loads((results / "xformparser_sweep.json").read_text())
+    assert len(merged["runs"]) == 4 and [n["name"] for n in merged["not_started"]] == [specs[3].name]
+    assert merged["time_budget_seconds"] == 200 and len(merged["parts"]) == 2
+    assert selected["config"] == specs[0].config.name
+    markdown = (results / "xformparser_sweep.md").read_text()
+    assert "`python b --only x`" in markdown and ablation.config.name in markdown
+    with pytest.raises(ValueError, match="more than one"):
+        sweep.merge_sweeps([first, first])
