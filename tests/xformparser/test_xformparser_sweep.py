@@ -263,3 +263,11 @@ def test_report_merges_a_second_sweep_run(sweep, tmp_path):
     assert "`python b --only x`" in markdown and ablation.config.name in markdown
     with pytest.raises(ValueError, match="more than one"):
         sweep.merge_sweeps([first, first])
+
+
+def test_cpu_ablation_grid_can_be_merged_with_the_gpu_grid(sweep):
+    cpu, gpu = sweep.build_grid("cpu_ablations"), sweep.build_grid("gpu")
+    assert not {s.name for s in cpu} & {s.name for s in gpu}
+    assert cpu[0].config.group == "sweep" and not cpu[0].config.model_options
+    assert all(s.config.epochs == cpu[0].config.epochs and s.config.encoder_lr == cpu[0].config.encoder_lr for s in cpu)
+    assert {tuple(s.config.model_options.items()) for s in cpu[1:]} == {tuple(o.items()) for o, _ in sweep.ABLATIONS.values()}
