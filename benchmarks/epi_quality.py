@@ -515,9 +515,11 @@ def write_report(report, profile, out_dir):
              "Command" + (f"s (merged runs): `{'`, then `'.join(report.get('earlier_commands', []) + [report['command']])}`"
                           if report.get("earlier_commands") else f": `{report['command']}`"), "",
              describe_profile(report, profile), "",
-             f"Machine: {report['machine']}; wall time "
+             f"Machine: {'; then '.join(report.get('merged_machines') or [report['machine']])}; wall time "
              f"{(report['wall_seconds'] + report.get('earlier_wall_seconds', 0.0)) / 60:.1f} min"
-             + ("" if report.get("complete") else " (**partial: written while the run was going**)") + ".", "",
+             + (f" (**{len(report['not_run'])} queued runs not run** within the time budget; listed under "
+                "`not_run` in the JSON)" if report.get("not_run")
+                else "" if report.get("complete") else " (**partial: written while the run was going**)") + ".", "",
              "Base model probe NLL per seed: " + ", ".join(f"{s}: {b['probe_nll']:.3f}" for s, b in base.items()), "",
              f"## Summary (ratio {profile['summary_ratio']}; forgetting from the sequential schedule, avg score = "
              "mean final accuracy over tasks and both schedules)", "",
@@ -577,6 +579,9 @@ def build_parser():
     parser.add_argument("--out-dir", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--work-dir", default="/tmp/epi_quality_runs")
     parser.add_argument("--merge", action="store_true", help="add to the runs already in OUT_DIR/<report>.json")
+    parser.add_argument("--merge-from", nargs="+", default=None, metavar="JSON",
+                        help="no training: add the runs of these reports (same profile, e.g. written on another "
+                             "machine) to OUT_DIR/<report>.json and rewrite its tables")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one run's JSON spec (internal)
     parser.add_argument("--record-file", default=None, help=argparse.SUPPRESS)
     return parser
@@ -708,6 +713,8 @@ def main(argv=None):
     hf_logging.set_verbosity_error()
     if args.worker:
         return worker_main(args, profile, data_root)
+    if args.merge_from:
+        return merge_reports(Path(args.out_dir), profile, [Path(f) for f in args.merge_from])
 
     started = time.time()
     out_dir = Path(args.out_dir)
@@ -750,6 +757,37 @@ def main(argv=None):
     report["wall_seconds"] = time.time() - started
     summary = write_report(report, profile, out_dir)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def merge_reports(out_dir: Path, profile, sources) -> int:
+    """Add the runs of ``sources`` to OUT_DIR/<report>.json (skipping runs it already has) and rewrite it."""
+    target = out_dir / f"{profile['report_name']}.json"
+    if not target.is_file():
+        print(f"error: --merge-from: {target} does not exist (run the benchmark first)", file=sys.stderr)
+        return 2
+    report = json.loads(target.read_text())
+    report["base"] = {int(k): v for k, v in report["base"].items()}
+    profile = dict(report["profile_settings"])
+    have = {(r["schedule"], r["method"], r["ratio"], r["seed"]) for r in report["runs"]}
+    for source in sources:
+        other = json.loads(source.read_text())
+        if other["profile"] != report["profile"]:
+            print(f"error: --merge-from: {source} is profile {other['profile']!r}, {target} is "
+                  f"{report['profile']!r}", file=sys.stderr)
+            return 2
+        added = [r for r in other["runs"] if (r["schedule"], r["method"], r["ratio"], r["seed"]) not in have]
+        report["runs"] += added
+        have |= {(r["schedule"], r["method"], r["ratio"], r["seed"]) for r in added}
+        for seed, base in other["base"].items():
+            report["base"].setdefault(int(seed), base)
+        report["earlier_commands"] = report.get("earlier_commands", []) + [report["command"]]
+        report["earlier_wall_seconds"] = report.get("earlier_wall_seconds", 0.0) + report.get("wall_seconds", 0.0)
+        report["command"], report["wall_seconds"] = other["command"], other.get("wall_seconds", 0.0)
+        report.setdefault("merged_machines", [report["machine"]]).append(other["machine"])
+        report["not_run"] = [spec for spec in report.get("not_run", []) if tuple(spec) not in have]
+        print(f"added {len(added)} runs from {source}", file=sys.stderr)
+    write_report(report, profile, out_dir)
     return 0
 
 
