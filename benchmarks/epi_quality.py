@@ -300,7 +300,9 @@ def freeze_lower(model, blocks: int) -> None:
 def epi_config(method, ratio, profile):
     # "epi-spec": EPI ranking task-specificity instead of raw importance (selection.py)
     selection = "specificity" if method == "epi-spec" else "importance"
-    return EPIConfig(method=method.replace("-spec", ""), selection_score=selection, isolation_ratio=ratio, warmup_steps=profile["warmup_steps"],
+    # importance from every step: the setting every published run of this benchmark used
+    return EPIConfig(method=method.replace("-spec", ""), selection_score=selection, isolation_ratio=ratio,
+                     importance_interval=profile.get("importance_interval", 1), warmup_steps=profile["warmup_steps"],
                      update_interval=profile["update_interval"], probe_steps=profile["probe_steps"],
                      release_patience=profile["release_patience"], replay_batches=profile["replay_batches"])
 
