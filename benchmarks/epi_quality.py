@@ -2,8 +2,18 @@
 static isolation, EPI and a random-mask control, through `MultiTaskTrainer` (the entry point users call).
 
     python benchmarks/epi_quality.py --profile fast            # minilm-l6, 3 seeds, CPU
+    python benchmarks/epi_quality.py --profile quality --device cuda --jobs 8 --time-budget 400
+                                                               # smollm2-135m, 3 seeds, one GPU
+    python benchmarks/epi_quality.py --profile quality --merge-from OTHER.json   # add runs made elsewhere
 
-Profile `fast`: minilm-l6 (all 6 blocks and embeddings trainable) with one linear classification head
+Profile `quality` (docs/results/epi_quality.*, the issue's summary): smollm2-135m fine-tuned whole as a
+chat model on SST-2, AG News (4-way) and GSM8K; tasks, scoring and probe in benchmarks/epi_lm_tasks.py.
+`--jobs N` trains N runs at once in worker processes (one GPU shared); `--time-budget` starts no run that
+the median finished run says cannot end in time (the rest are listed under `not_run`); runs are queued
+sequential schedule first, and with `--summary-ratios-only` every seed of the summary ratio before the
+other ratios. `smoke-lm` is the same code path with a tiny budget (CPU check).
+
+Profile `fast` (docs/results/epi_quality_fast.*): minilm-l6 (word embeddings and the lowest 2 of 6 blocks frozen) with one linear head
 per task on mean-pooled token states. Tasks (from --data-root/sft): SST-2 sentiment (train: phrase-level
 train.tsv, sentences of >= 6 words; eval: test.tsv), and AG News split into two binary topic tasks with
 disjoint labels: `agnews_wb` (World vs Business) and `agnews_ss` (Sports vs Sci/Tech), trained on a seeded
@@ -19,7 +29,7 @@ own kind of objective; its rise from the base model = lost general ability), the
 tasks (|A and B| / min(|A|, |B|)), the fraction of a task's mask units whose value changed while later
 tasks trained (sequential), and wall time. Paired differences between methods use the same seed (same
 data, head initialisation and batch order); 95% t-intervals over seeds.
-Writes docs/results/epi_quality.{json,md}.
+Writes docs/results/<report>.{json,md} (the profile's report name, or --report-name).
 """
 
 from __future__ import annotations
