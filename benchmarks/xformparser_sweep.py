@@ -123,15 +123,16 @@ GRIDS = ("gpu", "smoke", "cpu_ablations")
 def build_grid(grid: str) -> list[RunSpec]:
     """All runs of a grid in priority order (stage, then position). The best-guess recipe comes first."""
     if grid == "cpu_ablations":
-        # What a shared 2-core CPU affords: the budget-matched ablations at the 4-epoch point (lr 1e-4), one
-        # seed, beside the same point trained again on the same machine. Names start with "cpu_" so a report
+        # What a shared 2-core CPU affords: the budget-matched ablations at the 4-epoch point (lr 1e-4) beside
+        # the same point trained again on the same machine, seed by seed. Names start with "cpu_" so a report
         # can merge them with an accelerator sweep.
         base = RunConfig("cpu_lr1e-4_ep4", "sweep", encoder_lr=1e-4, epochs=4.0,
                          change="4-epoch point again on the CPU machine (baseline of the CPU ablations)")
         ablations = [RunConfig(f"cpu_lr1e-4_ep4_{suffix}", "ablation", encoder_lr=1e-4, epochs=4.0,
                                model_options=options, change=change + ", 4 epochs, CPU machine")
                      for suffix, (options, change) in ABLATIONS.items()]
-        return [RunSpec(base, 42, 1)] + [RunSpec(config, 42, 4) for config in ablations]
+        return [RunSpec(config, seed, stage) for stage, seed in enumerate((42, 43, 44), start=1)
+                for config in (base, *ablations)]  # seed-major: a cut-off budget still leaves whole seeds
     if grid == "gpu":
         # The CPU recipe was 4 epochs at 1e-4 (what a shared 2-core machine allowed); the best guess is a longer
         # budget at the same rate.

@@ -270,4 +270,7 @@ def test_cpu_ablation_grid_can_be_merged_with_the_gpu_grid(sweep):
     assert not {s.name for s in cpu} & {s.name for s in gpu}
     assert cpu[0].config.group == "sweep" and not cpu[0].config.model_options
     assert all(s.config.epochs == cpu[0].config.epochs and s.config.encoder_lr == cpu[0].config.encoder_lr for s in cpu)
-    assert {tuple(s.config.model_options.items()) for s in cpu[1:]} == {tuple(o.items()) for o, _ in sweep.ABLATIONS.values()}
+    per_seed = len(sweep.ABLATIONS) + 1
+    assert [s.seed for s in cpu] == [42] * per_seed + [43] * per_seed + [44] * per_seed
+    assert {tuple(s.config.model_options.items()) for s in cpu[1:per_seed]} == {
+        tuple(o.items()) for o, _ in sweep.ABLATIONS.values()}
