@@ -658,17 +658,23 @@ def _f(value) -> str:
 
 def render_markdown(sweep: dict) -> str:
     selected = sweep.get("selected")
-    machine = sweep["machine"]
+
+    def describe(part):
+        where = part["machine"]
+        return (f"{where.get('gpu', where['device'])} ({where.get('gpu_memory_gib', '-')} GiB), {where['cpu_count']} CPU cores, "
+                f"torch {where['torch']}; {part['jobs']} runs at a time, {part['threads_per_job']} CPU threads each")
+
+    parts = sweep.get("parts") or [sweep]
+    budgets = " + ".join(f"{part['time_budget_seconds']:.0f} s" for part in parts)
+    used = " + ".join(f"{part['elapsed_seconds']:.0f} s" for part in parts)
     lines = ["# xformparser sweep on FUNSD (full fine-tuning; test set 50 forms, gold entity boxes)", "",
-             f"Machine: {machine.get('gpu', machine['device'])} ({machine.get('gpu_memory_gib', '-')} GiB), "
-             f"{machine['cpu_count']} CPU cores, torch {machine['torch']}; {sweep['jobs']} runs at a time sharing the "
-             f"device, {sweep['threads_per_job']} CPU threads each.  ",
-             f"Budget: {sweep['time_budget_seconds']:.0f} s of wall time for the whole sweep "
-             f"({sweep['elapsed_seconds']:.0f} s used); {len(sweep['runs'])} of {len(sweep['queue'])} queued runs finished, "
+             "Machine: " + "; then ".join(describe(part) for part in parts) + ".  ",
+             f"Budget: {budgets} of wall time ({used} used); "
+             f"{len(sweep['runs'])} of {len(sweep['queue'])} queued runs finished, "
              f"{len(sweep['failed'])} failed, {len(sweep['unfinished'])} cut off, {len(sweep['not_started'])} not started.  ",
              f"Data: {json.dumps(sweep.get('data_counts'))}; synthetic forms {SYNTH_PER_LANGUAGE} per language in "
-             f"{'/'.join(SYNTH_LANGS)} (synth seed {SYNTH_SEED}), pre-generated with `--write-synthetic-docs`; no page "
-             "images (image branch off).  ",
+             f"{'/'.join(SYNTH_LANGS)} (synth seed {SYNTH_SEED}), pre-generated with `--write-synthetic-docs`; image branch "
+             "off.  ",
              "Protocol: FUNSD train 134 (+ synthetic) / dev 15 (best epoch by dev mean(SER micro-F1, end-to-end RE F1)) "
              "/ test 50. Backbone minilm-l6, whole encoder fine-tuned (word embeddings frozen), batch 2 forms, AdamW, "
              "linear decay, warm-up 10%, head lr 1e-3, layout embeddings at the encoder lr.", "",
@@ -781,7 +787,16 @@ def publish_report(sweep_paths, results_dir, argv, notes=()) -> dict:
     sweep["selected"] = select_recipe(sweep["runs"])  # recomputed: the selection rule lives here
     if not sweep["selected"]:
         raise ValueError(f"{', '.join(map(str, sweep_paths))}: no finished runs to report")
-    sweep["report_command"] = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/xformparser_sweep.py", *argv])
+    shown, skip = [], False  # the notes themselves are in the results, not repeated in the command
+    for arg in argv:
+        if skip:
+            shown.append("...")
+        elif arg != "--note":
+            shown.append(shlex.quote(arg))
+        else:
+            shown.append(arg)
+        skip = arg == "--note" and not skip
+    sweep["report_command"] = "python " + " ".join(["benchmarks/xformparser_sweep.py", *shown])
     results_dir = Path(results_dir)
     atomic_write_json(results_dir / "xformparser_sweep.json", sweep)
     atomic_write_text(results_dir / "xformparser_sweep.md", render_markdown(sweep))
