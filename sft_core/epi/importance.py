@@ -94,13 +94,18 @@ class ImportanceAccumulator:
             return
         keep = self.decay
         if self.estimator.squared_gradient and self.granularity == "element":
-            # Fused: mean(g^2) = ||g||^2 / n from one foreach norm, then ema = keep*ema + scale*g*g in place.
+            # Fused: mean(g^2) = ||g||^2 / n, then ema = keep*ema + scale*g*g in place (no g^2 temporary).
             flat = [grads[i].reshape(-1) for i in indices]
-            norms = torch.stack(torch._foreach_norm(flat)).float()
-            mean_squares = (norms.square() / torch.tensor([g.numel() for g in flat], dtype=torch.float32,
-                                                          device=norms.device)).tolist()
+            if flat[0].device.type == "cpu":
+                # one tensor at a time: the fold re-reads the gradient the norm just brought into cache
+                mean_squares = (float(torch.linalg.vector_norm(g, dtype=torch.float32)) ** 2 / g.numel()
+                                for g in flat)
+            else:  # accelerators: one batched norm and a single host sync
+                norms = torch.stack(torch._foreach_norm(flat)).float()
+                mean_squares = (norms.square() / torch.tensor([g.numel() for g in flat], dtype=torch.float32,
+                                                              device=norms.device)).tolist()
             for i, grad, mean_square in zip(indices, flat, mean_squares):
-                if mean_square > 0 and mean_square != float("inf") and mean_square == mean_square:
+                if 0 < mean_square < float("inf"):  # False for NaN too: no evidence, no decay
                     self._fold(emas[i], grad, grad, keep, (1 - keep) / mean_square)
             return
         for i in indices:
