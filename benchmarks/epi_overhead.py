@@ -63,7 +63,9 @@ def make_batch(model, args, seed):
 
 
 def timed_step(model, optimizer, isolator, batch, task):
-    start = time.perf_counter()
+    """Wall seconds per phase, plus the process CPU seconds of the whole step ("cpu_total"): with one
+    thread, CPU time leaves out the time the process waited for a core held by other jobs."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     model(**batch).loss.backward()
     t_backward = time.perf_counter()
     isolator.before_step(task)
@@ -72,9 +74,11 @@ def timed_step(model, optimizer, isolator, batch, task):
     t_optimizer = time.perf_counter()
     isolator.after_step(task)
     t_after = time.perf_counter()
+    cpu = time.process_time() - start_cpu
     optimizer.zero_grad(set_to_none=True)
     return {"forward_backward": t_backward - start, "before_step": t_before - t_backward,
-            "optimizer": t_optimizer - t_before, "after_step": t_after - t_optimizer, "total": t_after - start}
+            "optimizer": t_optimizer - t_before, "after_step": t_after - t_optimizer, "total": t_after - start,
+            "cpu_total": cpu}
 
 
 def paired_rounds(args, model):
@@ -113,6 +117,11 @@ def paired_rounds(args, model):
             "median_phase_s": {phase: statistics.median(row[method][phase] for row in rows)
                                for phase in ("forward_backward", "before_step", "optimizer", "after_step")},
             "mean_ratio_to_full": statistics.fmean(row[method]["total"] / row["full"]["total"] for row in rows),
+            "median_cpu_ratio_to_full": statistics.median(row[method]["cpu_total"] / row["full"]["cpu_total"]
+                                                          for row in rows),
+            "cpu_ratio_with_refreshes": statistics.median(
+                (row[method]["cpu_total"] + (row["refresh"]["cpu"] / DEFAULT_INTERVAL if is_epi else 0.0))
+                / row["full"]["cpu_total"] for row in rows),
             "refresh_s": statistics.median(row["refresh"]["wall"] for row in rows) if is_epi else 0.0,
             "refresh_cpu_s": statistics.median(row["refresh"]["cpu"] for row in rows) if is_epi else None,
         }
@@ -254,17 +263,22 @@ def write_report(args, out_dir, report):
         f"Command: `{report['command']}`" + (f" (peak RSS re-measured with `{report['rss_command']}`)"
                                               if report.get("rss_command") else ""), "",
         f"Machine: {report['machine']}. The CPU was shared with other jobs: absolute seconds are noisy, the "
-        "per-round paired ratios much less so.", "",
+        "per-round paired ratios much less so. Wall-time ratios include waiting for a core when another job "
+        "holds it; CPU-time ratios (process CPU seconds of the step, one thread) leave that out but still "
+        "include memory-bandwidth contention.", "",
         "## Step time (medians)", "",
         "`epi` updates a task's importance EMA on every step (`importance_interval=1`), `epi_k2` on every 2nd "
         "of its steps (`importance_interval=2`); both refresh masks the same way.", "",
         "| method | median step (s) | median paired ratio to full | mean paired ratio | ratio with refreshes "
-        f"(every {DEFAULT_INTERVAL} steps, median) | fwd+bwd (s) | before_step (s) | optimizer (s) | after_step (s) |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        f"(every {DEFAULT_INTERVAL} steps, median) | CPU-time ratio | CPU-time ratio with refreshes "
+        "| fwd+bwd (s) | before_step (s) | optimizer (s) | after_step (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in s.items():
         ph = row["median_phase_s"]
         lines.append(f"| {method} | {row['median_step_s']:.2f} | {row['median_ratio_to_full']:.3f} | "
                      f"{row.get('mean_ratio_to_full', float('nan')):.3f} | {row['ratio_with_refreshes']:.3f} | "
+                     f"{row.get('median_cpu_ratio_to_full', float('nan')):.3f} | "
+                     f"{row.get('cpu_ratio_with_refreshes', float('nan')):.3f} | "
                      f"{ph['forward_backward']:.2f} | {ph['before_step']:.3f} | {ph['optimizer']:.2f} | {ph['after_step']:.3f} |")
     rows = report["rounds_detail"]
     lines += ["", "Per-round ratios to full (round order): " + "; ".join(
