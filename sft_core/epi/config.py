@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 METHODS = ("epi", "static", "random", "full")
-SALIENCIES = ("fisher", "taylor")
+SALIENCIES = ("fisher", "taylor", "fisher_mb")
 SELECTION_SCORES = ("importance", "specificity")
 GRANULARITIES = ("element", "row")
 OVERLAP_RULES = ("freeze", "share")
@@ -31,7 +31,10 @@ class EPIConfig:
         release_patience: an element leaves a task's mask only after it has been outside the task's
             top ``isolation_ratio`` for this many consecutive refreshes (hysteresis; 1 = no hysteresis).
         saliency: importance estimator (see ``sft_core.epi.importance``): ``"fisher"`` (g^2) or
-            ``"taylor"`` (|g * theta|), computed per element from the (all-reduced) gradient of a step.
+            ``"taylor"`` (|g * theta|), computed per element from the (all-reduced) gradient of a step,
+            or ``"fisher_mb"``: the sum over the step's micro-batches (gradient accumulation) of each
+            micro-batch's squared gradient, seen through tensor hooks (``importance_microbatch.py``;
+            equals ``fisher`` without gradient accumulation; 4 B per parameter of working memory).
         selection_score: what is ranked at a refresh: ``"importance"`` (the task's own EMA) or
             ``"specificity"`` (how much more a unit matters to the task than to the average other task,
             see ``selection.py``: units every task relies on rank last, so masks overlap less).
