@@ -82,7 +82,7 @@ def main(argv=None):
     results = []
     for saliency, micro in VARIANTS:
         isolator = attach_epi(model, None, EPIConfig(method="epi", saliency=saliency, warmup_steps=10 ** 9,
-                                                     replay_batches=0))
+                                                     importance_interval=1, replay_batches=0))
         for task in bench.tasks:
             for half_index, half in enumerate(halves):
                 name = f"{task}/{half}"

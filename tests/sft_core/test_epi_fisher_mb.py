@@ -22,7 +22,7 @@ def micro_batches(step: int, count: int):
 def run(saliency: str, count: int, steps: int = 3):
     model = make_model()
     isolator = attach_epi(model, None, EPIConfig(saliency=saliency, importance_dtype="float32", ema_decay=0.5,
-                                                 warmup_steps=1000, replay_batches=0))
+                                                 importance_interval=1, warmup_steps=1000, replay_batches=0))
     expected = [torch.zeros(p.numel()) for p in model.parameters()]
     for step in range(steps):
         squares = [torch.zeros(p.numel()) for p in model.parameters()]
