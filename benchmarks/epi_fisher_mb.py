@@ -128,7 +128,7 @@ def main(argv=None):
              f"{profile['model']} with per-task heads (`fast` profile of epi_quality.py), tasks "
              f"{', '.join(bench.tasks)}, at the base weights; per task two disjoint halves of {args.steps} steps x "
              f"{batch_size} examples, each step run as 8 / micro micro-batches through attach_epi (default bf16 EMA, "
-             f"decay 0.9), seed {args.seed}. Machine: {report['machine']}; {report['wall_seconds'] / 60:.1f} min.", "",
+             f"decay 0.9, updated on every step), seed {args.seed}. Machine: {report['machine']}; {report['wall_seconds'] / 60:.1f} min.", "",
              "Between tasks: mask overlap of two tasks (same half), mean over pairs; a random mask overlaps the ratio. "
              "Within a task: overlap of the task's masks from its two halves.", "",
              "| estimator | micro-batch | selection | ratio | between tasks (lower: more separated) "
