@@ -256,9 +256,9 @@ def write_report(args, out_dir, report):
     s, n = report["paired"], report["n_parameters"]
     lines = [
         "# EPI overhead", "",
-        f"Model `{args.model}` ({n / 1e6:.1f}M trainable parameters), AdamW (weight decay 0.01), batch "
-        f"{args.batch_size} x {args.seq_len} tokens, {len(TASKS)} tasks alternating every step, isolation ratio "
-        f"{args.ratio}, element granularity, {args.rounds} paired rounds (+2 priming steps per method), "
+        f"Model `{report['model']}` ({n / 1e6:.1f}M trainable parameters), AdamW (weight decay 0.01), batch "
+        f"{report['batch_size']} x {report['seq_len']} tokens, {len(TASKS)} tasks alternating every step, isolation "
+        f"ratio {report['ratio']}, element granularity, {report['rounds']} paired rounds (+2 priming steps per method), "
         f"{args.threads} CPU threads.", "",
         f"Command: `{report['command']}`" + (f" (peak RSS re-measured with `{report['rss_command']}`)"
                                               if report.get("rss_command") else ""), "",

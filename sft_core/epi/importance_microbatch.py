@@ -11,7 +11,8 @@ buffer; at ``before_step`` the buffer is the step's saliency and is reset.
 With one backward per optimizer step (no gradient accumulation) it equals ``fisher``; it differs with
 gradient accumulation (e.g. ``per_device_train_batch_size=1``, ``gradient_accumulation_steps=8``: the
 squares of 8 single-example gradients). Costs: 4 bytes per trainable parameter of working memory (the
-buffer; not part of the saved state) and one extra elementwise pass per micro-batch. Under DDP the hooks
+buffer; not part of the saved state) and one extra elementwise pass per micro-batch, on every step
+(the hooks cannot know whether ``importance_interval`` will use the step). Under DDP the hooks
 see each rank's local gradient, so ranks' importance differ slightly and masks are taken from rank 0
 (``EPIConfig.sync_masks_across_ranks``). Replay (absent tasks) has one gradient per replayed batch and
 squares it, like ``fisher``.
