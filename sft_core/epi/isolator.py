@@ -259,8 +259,8 @@ class ParameterIsolator:
 
     # ------------------------------------------------------------------ memory accounting
     def state_nbytes(self) -> dict[str, int]:
-        """Bytes held between steps: the state (importance EMAs, masks, patience counters, replay batches,
-        the protection index cache; ``persistent_total``) and, apart, the reused snapshot scratch."""
+        """Bytes held between steps (importance EMAs, masks, patience counters, replay batches, the
+        protection index cache)."""
         def nbytes(tensors):
             return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
@@ -273,10 +273,7 @@ class ParameterIsolator:
                 persistent["replay"] += nbytes(v for batch in state.replay.batches for v in batch.values())
         mask_ids = {id(t) for state in self.tasks.values() for t in state.masks}
         persistent["protection_cache"] = self.protector.cache_nbytes(mask_ids)
-        # the snapshot scratch is held between steps too, but it is one step's working memory (the same
-        # for any number of tasks), not per-task state: reported beside the total, not in it
-        return {**persistent, "persistent_total": sum(persistent.values()),
-                "snapshot_workspace": self.protector.workspace_nbytes()}
+        return {**persistent, "persistent_total": sum(persistent.values())}
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:

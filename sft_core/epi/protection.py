@@ -30,13 +30,8 @@ class Protector:
         self.granularity, self.overlap = granularity, overlap
         self.isolation_impl, self.zero_protected_grads = isolation_impl, zero_protected_grads
         self._cache: dict[str, list[torch.Tensor | None]] = {}
-        self._active: list[torch.Tensor | None] = []  # int64 copies of this step's indices
+        self._active: list[torch.Tensor | None] = []  # int64 copies of this step's indices (transient)
         self._saved: list[torch.Tensor | None] | None = None
-        # Scratch reused by every step (int64 indices per device, saved values per device and dtype): the
-        # same bytes were allocated and freed every step before, and the fresh pages of a ~100 MB
-        # allocation cost page faults that made the snapshot ~2x slower (smollm2-135m, CPU).
-        self._index_workspace: dict = {}
-        self._value_workspace: dict = {}
 
     def invalidate(self) -> None:
         self._cache = {}
@@ -85,59 +80,26 @@ class Protector:
             return torch.zeros_like(param, dtype=torch.bool)
         return unit_mask_to_param_shape(unit_bool(protection, self.units[index]), param, self.granularity)
 
-    @staticmethod
-    def _reserve(store: dict, key, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        buffer = store.get(key)
-        if buffer is None or buffer.numel() < size:  # grows to the largest step seen, then is reused
-            buffer = store[key] = torch.empty(size, dtype=dtype, device=device)
-        return buffer
-
     @torch.no_grad()
     def snapshot(self, task: str, tasks: dict) -> None:
         """Before ``optimizer.step()``: save protected values (and zero their gradients)."""
-        protection = self.indices_for(task, tasks)
-        index_offsets: dict = {}
-        value_offsets: dict = {}
-        if self.isolation_impl == "snapshot":
-            index_need: dict = {}
-            value_need: dict = {}
-            for i, protected in enumerate(protection):
-                if protected is not None:
-                    device, dtype = protected.device, self.params[i].dtype
-                    index_need[device] = index_need.get(device, 0) + protected.numel()
-                    per_unit = self.params[i].numel() // self.units[i]
-                    value_need[(device, dtype)] = value_need.get((device, dtype), 0) + protected.numel() * per_unit
-            index_buffers = {d: self._reserve(self._index_workspace, d, n, torch.long, d) for d, n in index_need.items()}
-            value_buffers = {k: self._reserve(self._value_workspace, k, n, k[1], k[0]) for k, n in value_need.items()}
         saved: list[torch.Tensor | None] = []
         active: list[torch.Tensor | None] = []
-        for i, (param, protected) in enumerate(zip(self.params, protection)):
+        for i, (param, protected) in enumerate(zip(self.params, self.indices_for(task, tasks))):
             if protected is None:
                 saved.append(None)
                 active.append(None)
                 continue
+            protected = protected.long()  # index_copy_ needs int64; kept only until after_step
+            active.append(protected)
             if self.isolation_impl == "snapshot":
-                device, n = protected.device, protected.numel()
-                start = index_offsets.get(device, 0)
-                index_offsets[device] = start + n
-                indices = index_buffers[device][start:start + n]
-                indices.copy_(protected)  # int32 -> int64: index_copy_ / index_fill_ need int64
-                view = self.unit_view(i)
-                key = (device, param.dtype)
-                count = n * (view.numel() // max(1, view.shape[0]))
-                start = value_offsets.get(key, 0)
-                value_offsets[key] = start + count
-                values = value_buffers[key][start:start + count].view(n, *view.shape[1:])
-                torch.index_select(view, 0, indices, out=values)
-                saved.append(values)
+                saved.append(self.unit_view(i).index_select(0, protected))
             else:
-                indices = protected.long()
                 saved.append(param.detach().clone())
-            active.append(indices)
             if self.zero_protected_grads and param.grad is not None:
-                self.unit_view(i, param.grad).index_fill_(0, indices, 0)
+                self.unit_view(i, param.grad).index_fill_(0, protected, 0)
         self._active = active
-        self._saved = saved if any(t is not None for t in saved) else None
+        self._saved = saved if any(s is not None for s in saved) else None
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -154,11 +116,6 @@ class Protector:
                 keep_old = unit_mask_to_param_shape(unit_bool(protected, self.units[i]), param, self.granularity)
                 param.copy_(torch.where(keep_old, saved, param))
         self._saved, self._active = None, []
-
-    def workspace_nbytes(self) -> int:
-        """Scratch reused by every snapshot (indices + saved values of one step); not part of the state."""
-        return sum(t.numel() * t.element_size()
-                   for store in (self._index_workspace, self._value_workspace) for t in store.values())
 
     def cache_nbytes(self, mask_tensor_ids: set[int]) -> int:
         return sum(t.numel() * t.element_size() for protection in self._cache.values() for t in protection
