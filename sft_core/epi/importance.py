@@ -34,6 +34,14 @@ class ImportanceEstimator:
     def saliency(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def make_collector(self, params: list[torch.Tensor]):
+        """Estimators that must see every backward pass of a step (not only the accumulated gradient)
+        return an object with ``take() -> list[Tensor | None] | None`` (the step's saliency per
+        parameter, then reset), ``paused()`` (a context manager: backward passes inside it are not
+        recorded, e.g. replay) and ``close()``. The default, None, means ``saliency(param, grad)`` on the
+        step's gradient is all the estimator needs."""
+        return None
+
 
 ESTIMATORS: dict[str, ImportanceEstimator] = {}
 
@@ -47,6 +55,7 @@ def register_estimator(cls: type[ImportanceEstimator]) -> type[ImportanceEstimat
 
 def _load_builtin_estimators() -> None:
     from . import importance_gradient  # noqa: F401  (registers fisher, taylor)
+    from . import importance_microbatch  # noqa: F401  (registers fisher_mb)
 
 
 def estimator_names() -> tuple[str, ...]:
@@ -94,24 +103,38 @@ class ImportanceAccumulator:
             return
         keep = self.decay
         if self.estimator.squared_gradient and self.granularity == "element":
-            # Fused: mean(g^2) = ||g||^2 / n from one foreach norm, then ema = keep*ema + scale*g*g in place.
+            # Fused: mean(g^2) = ||g||^2 / n, then ema = keep*ema + scale*g*g in place (no g^2 temporary).
             flat = [grads[i].reshape(-1) for i in indices]
-            norms = torch.stack(torch._foreach_norm(flat)).float()
-            mean_squares = (norms.square() / torch.tensor([g.numel() for g in flat], dtype=torch.float32,
-                                                          device=norms.device)).tolist()
+            if flat[0].device.type == "cpu":
+                # one tensor at a time: the fold re-reads the gradient the norm just brought into cache
+                mean_squares = (float(torch.linalg.vector_norm(g, dtype=torch.float32)) ** 2 / g.numel()
+                                for g in flat)
+            else:  # accelerators: one batched norm and a single host sync
+                norms = torch.stack(torch._foreach_norm(flat)).float()
+                mean_squares = (norms.square() / torch.tensor([g.numel() for g in flat], dtype=torch.float32,
+                                                              device=norms.device)).tolist()
             for i, grad, mean_square in zip(indices, flat, mean_squares):
-                if mean_square > 0 and mean_square != float("inf") and mean_square == mean_square:
+                if 0 < mean_square < float("inf"):  # False for NaN too: no evidence, no decay
                     self._fold(emas[i], grad, grad, keep, (1 - keep) / mean_square)
             return
         for i in indices:
-            param, grad = params[i], grads[i]
-            saliency = self.estimator.saliency(param, grad)
-            if self.granularity == "row" and param.dim() >= 1:
-                saliency = saliency.reshape(param.shape[0], -1).sum(dim=1)
-            saliency = saliency.reshape(-1).float()
-            mean = float(saliency.mean())
-            if mean > 0 and mean != float("inf") and mean == mean:
-                self._fold(emas[i], saliency, None, keep, (1 - keep) / mean)
+            self._fold_saliency(emas[i], params[i], self.estimator.saliency(params[i], grads[i]), keep)
+
+    @torch.no_grad()
+    def update_from_saliency(self, emas: list[torch.Tensor], params: list[torch.Tensor],
+                             saliencies: list[torch.Tensor | None]) -> None:
+        """Fold saliencies an estimator's collector already computed (see ``make_collector``)."""
+        for ema, param, saliency in zip(emas, params, saliencies):
+            if saliency is not None:
+                self._fold_saliency(ema, param, saliency, self.decay)
+
+    def _fold_saliency(self, ema: torch.Tensor, param: torch.Tensor, saliency: torch.Tensor, keep: float) -> None:
+        if self.granularity == "row" and param.dim() >= 1:
+            saliency = saliency.reshape(param.shape[0], -1).sum(dim=1)
+        saliency = saliency.reshape(-1).float()
+        mean = float(saliency.mean())
+        if 0 < mean < float("inf"):  # False for NaN too
+            self._fold(ema, saliency, None, keep, (1 - keep) / mean)
 
     def _fold(self, ema: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, keep: float, scale: float) -> None:
         """ema = keep * ema + scale * a * b (or scale * a), computed in fp32, stored saturated and floored.

@@ -19,6 +19,7 @@ tasks (``replay.py``), state I/O (``state_io.py``), drift records (``drift.py``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -92,8 +93,11 @@ class ParameterIsolator:
         self.params = [p for _, p in named]
         self.units = [units_of(p, self.config.granularity) for p in self.params]
         self.policy = get_policy(self.config.method)
-        self.accumulator = ImportanceAccumulator(get_estimator(self.config.saliency), self.config.granularity,
+        estimator = get_estimator(self.config.saliency)
+        self.accumulator = ImportanceAccumulator(estimator, self.config.granularity,
                                                  self.config.ema_decay, storage_dtype(self.config.importance_dtype))
+        # estimators that watch every backward pass (fisher_mb); full fine-tuning never reads importance
+        self.collector = estimator.make_collector(self.params) if self.config.isolates else None
         self.protector = Protector(self.params, self.units, self.config.granularity, self.config.overlap,
                                    self.config.isolation_impl, self.config.zero_protected_grads)
         self.replay_loss = replay_loss
@@ -130,10 +134,14 @@ class ParameterIsolator:
             batch = self.capture.take()
             if batch is not None:
                 state.replay.offer(batch)
+        collected = self.collector.take() if self.collector is not None else None  # reset every step
         if self.policy.tracks_importance(state) and (state.steps - 1) % self.config.importance_interval == 0:
             if state.importance is None:
                 state.importance = self.accumulator.new_emas(self.units, self.params)
-            self.accumulator.update(state.importance, self.params, [p.grad for p in self.params])
+            if collected is not None:
+                self.accumulator.update_from_saliency(state.importance, self.params, collected)
+            else:
+                self.accumulator.update(state.importance, self.params, [p.grad for p in self.params])
         self.policy.after_importance(self, state)
         if self._is_refresh_step(self.step_count):
             self._refresh()
@@ -197,7 +205,8 @@ class ParameterIsolator:
             return False
         for batch in state.replay.batches:
             try:
-                grads = replay_gradients(self.model, self.params, batch, self.replay_loss)
+                with self.collector.paused() if self.collector is not None else contextlib.nullcontext():
+                    grads = replay_gradients(self.model, self.params, batch, self.replay_loss)
             except NoReplayLoss as error:  # a plain loop whose model returns predictions: no default loss
                 logger.warning("%s; absent tasks keep their masks (replay switched off)", error)
                 self.disable_replay()
@@ -289,10 +298,13 @@ class ParameterIsolator:
             state.replay = None
 
     def close(self) -> None:
-        """Remove the batch-capture hook (replay)."""
+        """Remove the hooks: batch capture (replay) and the per-backward importance collector."""
         if self.capture is not None:
             self.capture.close()
             self.capture = None
+        if self.collector is not None:
+            self.collector.close()
+            self.collector = None
 
 
 def attach_epi(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -8,7 +8,7 @@ import zlib
 
 import torch
 
-from .masks import top_k_mask
+from .masks import top_k_indices
 from .policies import register_policy
 from .policy_static import StaticPolicy
 
@@ -18,7 +18,7 @@ class RandomPolicy(StaticPolicy):
     name = "random"
 
     def select(self, isolator, state, index: int, scores: torch.Tensor) -> torch.Tensor:
-        count = int(top_k_mask(scores, isolator.config.isolation_ratio).sum())
+        count = top_k_indices(scores, isolator.config.isolation_ratio).indices.numel()
         seed = (isolator.config.replay_seed * 1_000_003 + zlib.crc32(f"{state.name}/{index}".encode())) % (1 << 62)
         generator = torch.Generator().manual_seed(seed)
         chosen = torch.randperm(scores.numel(), generator=generator)[:count]

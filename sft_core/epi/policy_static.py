@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from .masks import top_k_mask
+from .masks import top_k_indices
 from .policies import MaskPolicy, register_policy
 
 logger = logging.getLogger("sft_core.epi")
@@ -25,7 +25,7 @@ class StaticPolicy(MaskPolicy):
 
     def select(self, isolator, state, index: int, scores: torch.Tensor) -> torch.Tensor:
         """Sorted int32 unit indices of the frozen mask of one tensor."""
-        return torch.nonzero(top_k_mask(scores, isolator.config.isolation_ratio)).squeeze(1).int()
+        return top_k_indices(scores, isolator.config.isolation_ratio).indices.int()
 
     def freeze(self, isolator, state) -> None:
         for i in range(len(isolator.params)):

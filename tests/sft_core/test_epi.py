@@ -137,7 +137,8 @@ def test_hysteresis_keeps_elements_that_dip_for_fewer_than_patience_refreshes():
     model = torch.nn.Module()
     model.weights = weights
     isolator = ParameterIsolator(model, EPIConfig(method="epi", isolation_ratio=0.2, warmup_steps=1,
-                                                  update_interval=1, release_patience=3, ema_decay=0.0))
+                                                  update_interval=1, release_patience=3, ema_decay=0.0,
+                                                  importance_interval=1))  # every step's gradient counts
 
     def refresh_with_important(*indices):
         weights.grad = torch.zeros(10)
