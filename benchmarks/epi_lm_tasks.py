@@ -38,7 +38,8 @@ OPTIONS = {"sst2": ["negative", "positive"], "agnews": ["World", "Sports", "Busi
 CLASSIFICATION_TASKS = tuple(OPTIONS)
 
 
-def _read_tsv(path: Path, header: bool):
+def read_tsv(path: Path, header: bool):
+    """Rows of a two-column TSV (text, label); malformed rows dropped."""
     import csv
 
     with open(path, encoding="utf-8") as handle:
@@ -46,7 +47,8 @@ def _read_tsv(path: Path, header: bool):
     return [r for r in (rows[1:] if header else rows) if len(r) == 2]
 
 
-def _balanced(rng: random.Random, rows, n: int):
+def balanced_sample(rng: random.Random, rows, n: int):
+    """n (text, label) rows, labels as equal as possible, shuffled."""
     by_label = {}
     for text, label in rows:
         by_label.setdefault(label, []).append((text, label))
@@ -64,13 +66,13 @@ def load_lm_tasks(root: Path, tasks, n_train: int, n_eval: int, seed: int):
     out = {}
     for task in tasks:
         if task == "sst2":
-            train = [(t, OPTIONS["sst2"][int(y)]) for t, y in _read_tsv(root / "sst2" / "train.tsv", True)
+            train = [(t, OPTIONS["sst2"][int(y)]) for t, y in read_tsv(root / "sst2" / "train.tsv", True)
                      if len(t.split()) >= 6]
-            test = [(t, OPTIONS["sst2"][int(y)]) for t, y in _read_tsv(root / "sst2" / "test.tsv", True)]
+            test = [(t, OPTIONS["sst2"][int(y)]) for t, y in read_tsv(root / "sst2" / "test.tsv", True)]
             prompt = SST2_PROMPT
         elif task == "agnews":
-            train = [(t, y.strip()) for t, y in _read_tsv(root / "agnews" / "dev.tsv", False)]
-            test = [(t, y.strip()) for t, y in _read_tsv(root / "agnews" / "test.tsv", False)]
+            train = [(t, y.strip()) for t, y in read_tsv(root / "agnews" / "dev.tsv", False)]
+            test = [(t, y.strip()) for t, y in read_tsv(root / "agnews" / "test.tsv", False)]
             prompt = AGNEWS_PROMPT
         elif task == "gsm8k":
             def read(name):
@@ -85,8 +87,8 @@ def load_lm_tasks(root: Path, tasks, n_train: int, n_eval: int, seed: int):
         else:
             raise ValueError(f"unknown LM task {task!r}: expected sst2, agnews or gsm8k")
         options = OPTIONS[task]
-        train = _balanced(rng, train, n_train)
-        test = _balanced(rng, test, n_eval)
+        train = balanced_sample(rng, train, n_train)
+        test = balanced_sample(rng, test, n_eval)
         out[task] = ([(prompt.format(text=t), y) for t, y in train],
                      [(prompt.format(text=t), options.index(y)) for t, y in test])
     return out

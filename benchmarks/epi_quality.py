@@ -35,7 +35,6 @@ Writes docs/results/<report>.{json,md} (the profile's report name, or --report-n
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # epi_lm_tasks beside this file
 from sft_core.atomic_io import atomic_write_text  # noqa: E402
 from sft_core.epi import EPIConfig  # noqa: E402
 from sft_core.nn_utils import mean_pool  # noqa: E402
+from epi_lm_tasks import balanced_sample, read_tsv  # noqa: E402  (shared TSV sampling)
 
 METHODS = ("full", "static", "epi", "random")
 PROFILES = {
@@ -80,25 +80,6 @@ T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 # ---------------------------------------------------------------------------------------------- data
-def read_tsv(path, header: bool):
-    with open(path, encoding="utf-8") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return rows[1:] if header else rows
-
-
-def balanced_sample(rng, rows, n):
-    """n (text, label) rows, labels as equal as possible, shuffled."""
-    by_label = {}
-    for text, label in rows:
-        by_label.setdefault(label, []).append((text, label))
-    labels = sorted(by_label)
-    chosen = []
-    for i, label in enumerate(labels):
-        chosen += rng.sample(by_label[label], n // len(labels) + (1 if i < n % len(labels) else 0))
-    rng.shuffle(chosen)
-    return chosen
-
-
 def load_tasks(root: Path, tasks, n_train: int, n_eval: int, seed: int):
     """task -> (train rows, eval rows, label names); rows are (text, label index)."""
     rng = random.Random(seed)
