@@ -24,10 +24,12 @@ cp -r "$DATA"/funsd/testing_data/annotations "$OUT/stage/datasets/funsd/testing_
 chmod -R u+w "$OUT/stage"
 (cd "$OUT/stage" && tar -cJf ../minilm-l6.tar.xz minilm-l6 && tar -cJf ../datasets.tar.xz datasets && mv smollm2.gguf.xz ..)
 (cd "$OUT" && tar -cf blob.tar smollm2.gguf.xz minilm-l6.tar.xz datasets.tar.xz && sha256sum blob.tar > blob.sha256)
-head -c 31000000 "$OUT/blob.tar" > "$OUT/parts/blob.part0"
-tail -c +31000001 "$OUT/blob.tar" | head -c 46000000 > "$OUT/parts/blob.part1"
-tail -c +77000001 "$OUT/blob.tar" | head -c 46000000 > "$OUT/parts/blob.part2"
-tail -c +123000001 "$OUT/blob.tar" > "$OUT/parts/blob.part3"
+# part sizes: each command carries at most 64 MiB beside the ~17 MB working tree (the first also the wheels)
+part() { dd if="$OUT/blob.tar" of="$OUT/parts/blob.part$1" iflag=skip_bytes,count_bytes skip="$2" ${3:+count=$3} bs=4M status=none; }
+part 0 0 31000000
+part 1 31000000 46000000
+part 2 77000000 46000000
+part 3 123000000
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$OUT/wheels" \
     datasets==5.2.0 gguf==0.19.0 transformers==5.24.0 dill==0.4.1 multiprocess==0.70.19
