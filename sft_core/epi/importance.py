@@ -113,6 +113,8 @@ class ImportanceAccumulator:
                 norms = torch.stack(torch._foreach_norm(flat)).float()
                 mean_squares = (norms.square() / torch.tensor([g.numel() for g in flat], dtype=torch.float32,
                                                               device=norms.device)).tolist()
+                self._fold_squares_batched([emas[i] for i in indices], flat, mean_squares, keep)
+                return
             for i, grad, mean_square in zip(indices, flat, mean_squares):
                 if 0 < mean_square < float("inf"):  # False for NaN too: no evidence, no decay
                     self._fold(emas[i], grad, grad, keep, (1 - keep) / mean_square)
@@ -135,6 +137,37 @@ class ImportanceAccumulator:
         mean = float(saliency.mean())
         if 0 < mean < float("inf"):  # False for NaN too
             self._fold(ema, saliency, None, keep, (1 - keep) / mean)
+
+    _BATCH_ELEMENTS = 1 << 26  # fp32 scratch per batch of tensors: 256 MB
+
+    def _fold_squares_batched(self, emas: list[torch.Tensor], grads: list[torch.Tensor],
+                              mean_squares: list[float], keep: float) -> None:
+        """``_fold(ema, g, g, keep, (1 - keep) / mean_square)`` for many tensors with multi-tensor kernels.
+
+        On an accelerator the per-tensor fold is four small kernels per parameter tensor (~1,100 launches a
+        step for smollm2-135m), which dominate when processes share a GPU; the ``torch._foreach_*`` ops
+        launch a few kernels per group of tensors. Same arithmetic in the same order (fp32, one rounding
+        on the store): bit-identical to the per-tensor fold on CPU (tested); not timed on a GPU yet."""
+        chosen = [(e, g, (1 - keep) / m) for e, g, m in zip(emas, grads, mean_squares) if 0 < m < float("inf")]
+        if self.dtype == torch.float16:  # saturation and the subnormal floor: per tensor (rare dtype)
+            for ema, grad, scale in chosen:
+                self._fold(ema, grad, grad, keep, scale)
+            return
+        start = 0
+        while start < len(chosen):
+            stop, elements = start, 0
+            while stop < len(chosen) and (stop == start or elements + chosen[stop][0].numel() <= self._BATCH_ELEMENTS):
+                elements += chosen[stop][0].numel()
+                stop += 1
+            group = chosen[start:stop]
+            targets = [ema for ema, _, _ in group]
+            works = [ema.float() for ema in targets] if self.dtype != torch.float32 else targets
+            torch._foreach_mul_(works, keep)
+            torch._foreach_addcmul_(works, [g for _, g, _ in group], [g for _, g, _ in group],
+                                    [scale for _, _, scale in group])
+            if works is not targets:
+                torch._foreach_copy_(targets, works)
+            start = stop
 
     def _fold(self, ema: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, keep: float, scale: float) -> None:
         """ema = keep * ema + scale * a * b (or scale * a), computed in fp32, stored saturated and floored.
