@@ -383,15 +383,14 @@ def load_funsd_split(data_root, split: str, page_sizes: dict | None):
 
 
 # ---------------------------------------------------------------------------------------------- worker
-def headline(report: dict) -> dict:
-    return {"ser_micro_f1": report["ser"]["micro"]["f1"], "seqeval_f1": report["seqeval_bio"]["f1"],
-            "re_f1_gold_labels": report["re_gold_labels"]["f1"], "re_f1_end_to_end": report["re_end_to_end"]["f1"],
-            "joint_ser_micro_f1": report["joint_inference"]["ser"]["f1"],
-            "joint_re_f1_end_to_end": report["joint_inference"]["re_end_to_end"]["f1"],
-            "line_split_exact": report["line_splitting"]["exact"],
-            "line_split_boundaries": report["line_splitting"]["boundaries"],
-            "line_split_spans": report["line_splitting"]["spans"],
-            "rule_linker_predicted_labels_f1": report["re_rule_end_to_end"]["f1"]}
+def _funsd_benchmark():
+    """benchmarks/xformparser_funsd.py (the protocol's headline metrics and its results page)."""
+    try:
+        import benchmarks.xformparser_funsd as funsd_benchmark
+    except ImportError:  # run as a script: benchmarks/ is not a package on sys.path
+        sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+        import xformparser_funsd as funsd_benchmark
+    return funsd_benchmark
 
 
 def run_one(spec: RunSpec, data: dict, settings: dict) -> dict:
@@ -420,6 +419,7 @@ def run_one(spec: RunSpec, data: dict, settings: dict) -> dict:
         shutil.rmtree(output_dir, ignore_errors=True)
     if settings["device"] == "cuda":
         torch.cuda.empty_cache()
+    headline = _funsd_benchmark().headline
     return {
         "name": spec.name, "config": {**asdict(config)}, "seed": spec.seed, "stage": spec.stage,
         "budget": {"optimizer_steps": summary["global_steps"], "epochs": round(summary["epochs"] or 0, 3),
@@ -808,12 +808,7 @@ def publish_report(sweep_paths, results_dir, argv, notes=()) -> dict:
             funsd["cpu_runs_summary"] = previous  # the CPU runs' own means stay beside the sweep's
         funsd["summary"] = summary_for_funsd(sweep, funsd.get("cpu_runs_summary", previous))
         atomic_write_json(funsd_path, funsd)
-        try:
-            from benchmarks.xformparser_funsd import render_markdown as render_funsd
-        except ImportError:  # run as a script: benchmarks/ is not a package on sys.path
-            sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-            from xformparser_funsd import render_markdown as render_funsd
-        atomic_write_text(results_dir / "xformparser_funsd.md", render_funsd(funsd))
+        atomic_write_text(results_dir / "xformparser_funsd.md", _funsd_benchmark().render_markdown(funsd))
     return sweep["selected"]
 
 
