@@ -156,9 +156,7 @@ class LanguageModelBench:
                                                          for p, a in evaluation]}
         self.probe_encoded = [tokenize_messages(conversation(p, a), tokenizer, self.max_length) for p, a in probe_pairs]
         self.model = None
-
-    def data_collator(self, items):
-        return self.collate(items)
+        self.data_collator = self.collate
 
     def evaluate(self, task: str) -> dict:
         model = self.model

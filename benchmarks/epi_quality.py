@@ -515,7 +515,8 @@ def write_report(report, profile, out_dir):
                 else "" if report.get("complete") else " (**partial: written while the run was going**)") + ".", "",
              "Base model probe NLL per seed: " + ", ".join(f"{s}: {b['probe_nll']:.3f}" for s, b in base.items()), "",
              f"## Summary (ratio {profile['summary_ratio']}; forgetting from the sequential schedule, avg score = "
-             "mean final accuracy over tasks and both schedules)", "",
+             f"mean final accuracy over tasks and the schedules that ran: "
+             f"{', '.join(sorted({r['schedule'] for r in report['runs']}))})", "",
              "| method | forgetting (95% CI) | calibrated forgetting (95% CI) | avg score | probe NLL rise |",
              "|---|---|---|---|---|"]
     for method in METHODS:
@@ -610,7 +611,7 @@ class Preparer:
         self.prepared = {}
         self.trainable_params = None
 
-    def __call__(self, seed):
+    def __call__(self, seed, known_base: dict | None = None):
         if seed in self.prepared:
             return self.prepared[seed]
         profile, root = self.profile, self.data_root
@@ -643,12 +644,15 @@ class Preparer:
                 model.load_state_dict(base_state_holder["state"])
                 freeze_lower(model, profile["frozen_blocks"])
                 return model.to(self.device) if self.device != "cpu" else model
-        base_model = make_model()
-        self.trainable_params = sum(p.numel() for p in base_model.parameters() if p.requires_grad)
-        bench.model = base_model
-        base = {"probe_nll": bench.probe(), "untrained": {t: bench.evaluate(t) for t in bench.tasks}}
-        bench.model = None
-        del base_model
+        if known_base is not None:  # another worker already scored this seed's base model
+            base, self.trainable_params = known_base["scores"], known_base["trainable_params"]
+        else:
+            base_model = make_model()
+            self.trainable_params = sum(p.numel() for p in base_model.parameters() if p.requires_grad)
+            bench.model = base_model
+            base = {"probe_nll": bench.probe(), "untrained": {t: bench.evaluate(t) for t in bench.tasks}}
+            bench.model = None
+            del base_model
         self.prepared[seed] = (bench, make_model, base)
         return self.prepared[seed]
 
@@ -679,7 +683,12 @@ def worker_main(args, profile, data_root):
     """Train one run (its spec in --worker) and write its record, with the seed's base scores, to --record-file."""
     schedule, method, ratio, seed = json.loads(args.worker)
     prepare = Preparer(profile, data_root, args.device)
-    bench, make_model, base = prepare(seed)
+    base_file = Path(args.work_dir) / f"base-seed{seed}.json"  # the base model is scored once per seed
+    known_base = json.loads(base_file.read_text()) if base_file.is_file() else None
+    bench, make_model, base = prepare(seed, known_base)
+    if known_base is None:
+        base_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(base_file, json.dumps({"scores": base, "trainable_params": prepare.trainable_params}))
     record = run_one(method, ratio if ratio is not None else 0.1, schedule, seed, profile, bench, make_model,
                      Path(args.work_dir), device=args.device)
     record["ratio"] = ratio
@@ -788,7 +797,7 @@ def run_in_workers(args, argv, queue, work_dir, add, started):
     """Run the queue in up to --jobs worker processes; returns the specs not started (time budget) or failed."""
     import subprocess
 
-    base_argv = [a for a in (sys.argv[1:] if argv is None else argv)]
+    base_argv = list(sys.argv[1:] if argv is None else argv)
     record_dir = work_dir / "records"
     record_dir.mkdir(parents=True, exist_ok=True)
     pending, running, durations, left_out = list(queue), {}, [], []
